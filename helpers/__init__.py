@@ -1,0 +1,15 @@
+"""Helpers for the course *Aggregating PyTorch Models*.
+
+Each module holds one concept; notebooks import what they teach:
+
+- `helpers.repro`        seeds, device choice, version printout
+- `helpers.presets`      the `smoke` / `cpu` / `gpu` budgets
+- `helpers.data`         CIFAR-10 (and synthetic stand-in), tensor batches, splits
+- `helpers.models`       the course CNN and the student, parameter / FLOP counts
+- `helpers.training`     `train(...) -> History`, `evaluate(...)`
+- `helpers.checkpoints`  `train_or_load(...)`: cached, atomic, config-keyed checkpoints
+- `helpers.results`      results JSON with provenance, figures
+- `helpers.plotting`     learning curves and image grids
+"""
+
+__version__ = "0.1.0"

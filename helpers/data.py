@@ -1,0 +1,404 @@
+"""CIFAR-10 as tensors in memory, fast augmented batches, and the splits the course uses.
+
+Introduced in notebook 01. Images are kept as one uint8 tensor `(N, 3, 32, 32)`; batches are
+cut from it, augmented (random crop + horizontal flip) and normalised in a few tensor ops, so
+the training loop never touches PIL or a DataLoader worker.
+
+Where the real data comes from, in order (see `load_cifar10`):
+1. `image_folder=` or the `CIFAR10_DIR` environment variable: an ImageFolder copy
+   (`train/<class>/*.jpg|png`, `test/<class>/*`);
+2. torchvision's `CIFAR10` under `data/` (downloaded when `download=True` and online).
+Decoded tensors are cached under `data/cache/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from helpers._paths import atomic_write, project_root, resolve_user_path
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Per-channel mean and std of the CIFAR-10 training images (0-255 scale).
+MEAN = (125.31, 122.95, 113.87)
+STD = (62.99, 62.09, 66.70)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CACHE_FORMAT = 1
+
+
+class DataNotFoundError(RuntimeError):
+    """Real CIFAR-10 could not be found or fetched; the message says how to get it."""
+
+
+@dataclass
+class TensorData:
+    """A labelled image set held as tensors.
+
+    images: (N, 3, 32, 32) uint8; labels: (N,) int64; `source` says where it came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...] = CLASSES
+    source: str = "unknown"
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W), got {tuple(self.images.shape)}")
+        if self.images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8, got {self.images.dtype}")
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"labels must be ({len(self.images)},), got {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> "TensorData":
+        """The images at `indices` (a new TensorData; tensors are copied)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return TensorData(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)],
+                          self.classes, self.source)
+
+    def to(self, device: torch.device | str) -> "TensorData":
+        return TensorData(self.images.to(device), self.labels.to(device), self.classes, self.source)
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels.cpu(), minlength=len(self.classes)).tolist()
+
+
+@dataclass
+class CIFAR10:
+    """The train and test sets."""
+
+    train: TensorData
+    test: TensorData
+    source: str = field(default="unknown")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading real CIFAR-10
+
+
+def data_dir() -> Path:
+    """`HELPERS_DATA_DIR`, else `<project>/data`."""
+    return resolve_user_path(os.environ.get("HELPERS_DATA_DIR") or project_root() / "data")
+
+
+def _missing_data_message(reason: str) -> str:
+    return (
+        f"CIFAR-10 is not available: {reason}\n"
+        "Get it one of two ways:\n"
+        "  1. with internet access: load_cifar10(download=True) (or `make run`) downloads it into "
+        f"{data_dir()} via torchvision;\n"
+        "  2. offline: point CIFAR10_DIR at a local ImageFolder copy with train/<class>/*.jpg and "
+        "test/<class>/*.jpg, e.g.  CIFAR10_DIR=../shared/data/cifar10-jpg make run"
+    )
+
+
+def _scan_image_folder(root: Path) -> dict[str, list[tuple[Path, int]]]:
+    """Check the ImageFolder layout and list (file, label) per split, or raise saying what is wrong."""
+    if not root.is_dir():
+        raise DataNotFoundError(_missing_data_message(f"CIFAR10_DIR={root} is not a folder"))
+    found = sorted(p.name for p in root.iterdir())
+    splits: dict[str, list[tuple[Path, int]]] = {}
+    for split in ("train", "test"):
+        folder = root / split
+        if not folder.is_dir():
+            raise ValueError(
+                f"{root} does not have the ImageFolder layout: expected sub-folders 'train/' and "
+                f"'test/', each with one folder per class ({', '.join(CLASSES)}); found {found or 'nothing'}"
+            )
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if sorted(classes) != sorted(CLASSES):
+            raise ValueError(
+                f"{folder} should hold the 10 CIFAR-10 class folders {list(CLASSES)}; found {classes or 'none'}"
+            )
+        files = []
+        for label, name in enumerate(CLASSES):  # torchvision's class order, not alphabetical
+            for f in sorted((folder / name).iterdir()):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    files.append((f, label))
+        if not files:
+            raise ValueError(f"{folder} has the class folders but no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        splits[split] = files
+    return splits
+
+
+def _decode_images(files: list[tuple[Path, int]], desc: str) -> TensorData:
+    # Pillow ships with torchvision everywhere; decoding happens once, then the tensor cache is used.
+    from PIL import Image
+
+    images = torch.empty(len(files), 32, 32, 3, dtype=torch.uint8)
+    labels = torch.tensor([label for _, label in files], dtype=torch.long)
+    for i, (path, _) in enumerate(tqdm(files, desc=desc, unit="img", mininterval=1.0)):
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        if pixels.shape != (32, 32, 3):
+            raise ValueError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels; CIFAR-10 images are 32x32")
+        images[i] = torch.from_numpy(pixels.copy())
+    return TensorData(images.permute(0, 3, 1, 2).contiguous(), labels)
+
+
+def _cache_key(kind: str, ident: str) -> str:
+    return hashlib.sha256(f"{CACHE_FORMAT}:{kind}:{ident}".encode()).hexdigest()[:12]
+
+
+def _load_cache(path: Path, source: str) -> CIFAR10 | None:
+    """The cached tensors, or None (with a message) if the file is missing, corrupt or stale."""
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        ok = (
+            blob.get("format") == CACHE_FORMAT
+            and blob["train_images"].shape[1:] == (3, 32, 32)
+            and blob["train_images"].dtype == torch.uint8
+            and len(blob["train_images"]) == len(blob["train_labels"]) == blob["num_train"]
+            and len(blob["test_images"]) == len(blob["test_labels"]) == blob["num_test"]
+            and _checksum(blob["train_images"], blob["test_images"]) == blob["checksum"]
+        )
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt, the reason is shown
+        print(f"Data cache {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it.")
+        return None
+    if not ok:
+        print(f"Data cache {path} is stale or corrupt (checks failed); rebuilding it.")
+        return None
+    train = TensorData(blob["train_images"], blob["train_labels"], CLASSES, source)
+    test = TensorData(blob["test_images"], blob["test_labels"], CLASSES, source)
+    return CIFAR10(train, test, source)
+
+
+def _checksum(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_cache(path: Path, data: CIFAR10) -> None:
+    blob = {
+        "format": CACHE_FORMAT,
+        "source": data.source,
+        "train_images": data.train.images, "train_labels": data.train.labels,
+        "test_images": data.test.images, "test_labels": data.test.labels,
+        "num_train": len(data.train), "num_test": len(data.test),
+        "checksum": _checksum(data.train.images, data.test.images),
+    }
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
+
+
+def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: bool | None = None,
+                 cache: bool = True) -> CIFAR10:
+    """Real CIFAR-10 as tensors: 50,000 training and 10,000 test images.
+
+    Source order: `image_folder`, else `$CIFAR10_DIR` (ImageFolder layout), else torchvision's
+    CIFAR10 under `data/` (downloaded if `download`; default: `$HELPERS_DOWNLOAD` != "0").
+    Decoded tensors are cached in `data/cache/`; a corrupt or stale cache is rebuilt.
+
+    Raises `DataNotFoundError` (one message naming both remedies) when nothing is available, and
+    `ValueError` when a folder is given but does not have the ImageFolder layout."""
+    folder = image_folder or os.environ.get("CIFAR10_DIR") or None
+    cache_dir = data_dir() / "cache"
+    if folder:
+        root = resolve_user_path(folder)
+        splits = _scan_image_folder(root)
+        # The cache is keyed by the folder and its file list, so a different copy is not confused with it.
+        ident = f"{root}:{len(splits['train'])}:{len(splits['test'])}:{splits['train'][-1][0].name}"
+        source = f"ImageFolder {root.name} ({root})"
+        path = cache_dir / f"cifar10-folder-{_cache_key('folder', ident)}.pt"
+        data = _load_cache(path, source) if cache else None
+        if data is None:
+            train = _decode_images(splits["train"], "decode train")
+            test = _decode_images(splits["test"], "decode test")
+            data = CIFAR10(TensorData(train.images, train.labels, CLASSES, source),
+                           TensorData(test.images, test.labels, CLASSES, source), source)
+            if cache:
+                _save_cache(path, data)
+        return data
+
+    source = "torchvision CIFAR10"
+    path = cache_dir / f"cifar10-torchvision-{_cache_key('torchvision', '')}.pt"
+    data = _load_cache(path, source) if cache else None
+    if data is not None:
+        return data
+    if download is None:
+        download = os.environ.get("HELPERS_DOWNLOAD", "1") != "0"
+    from torchvision.datasets import CIFAR10 as TVCIFAR10
+
+    root = data_dir()
+    try:
+        sets = [TVCIFAR10(str(root), train=t, download=download) for t in (True, False)]
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
+        raise DataNotFoundError(_missing_data_message(f"torchvision found nothing usable in {root} ({exc})")) from None
+    except OSError as exc:  # no network: URLError / socket errors are OSErrors
+        raise DataNotFoundError(_missing_data_message(f"the download failed ({exc})")) from None
+    parts = []
+    for ds in sets:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        parts.append(TensorData(images, torch.tensor(ds.targets, dtype=torch.long), CLASSES, source))
+    data = CIFAR10(parts[0], parts[1], source)
+    if cache:
+        _save_cache(path, data)
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic stand-in for the smoke preset
+
+
+def synthetic_cifar(num_train: int = 2048, num_test: int = 512, *, seed: int = 0, noise: float = 1.2) -> CIFAR10:
+    """Learnable CIFAR-shaped data: 10 classes, 32x32 RGB uint8, made in memory (no download).
+
+    Each class is a smooth random colour pattern; an image is its class pattern, shifted by up to
+    4 pixels, with random contrast and pixel noise (`noise`, relative to the pattern's spread).
+    A small CNN gets far above chance on it in one short epoch, so `smoke` runs exercise real
+    learning while staying hermetic and fast."""
+    g = torch.Generator().manual_seed(seed)
+    # Low-frequency patterns: random 4x4 colour grids upsampled to 40x40 (room for shifts).
+    coarse = torch.randn(10, 3, 4, 4, generator=g)
+    patterns = F.interpolate(coarse, size=(40, 40), mode="bicubic", align_corners=False)
+
+    def make(n: int) -> TensorData:
+        labels = torch.arange(n) % 10
+        labels = labels[torch.randperm(n, generator=g)]
+        dx = torch.randint(0, 9, (n,), generator=g)
+        dy = torch.randint(0, 9, (n,), generator=g)
+        rows = dy[:, None] + torch.arange(32)
+        cols = dx[:, None] + torch.arange(32)
+        base = patterns[labels]  # (n, 3, 40, 40)
+        crops = base[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g)
+        x = crops * contrast + noise * torch.randn(n, 3, 32, 32, generator=g)
+        images = (128 + 45 * x).round().clamp(0, 255).to(torch.uint8)
+        return TensorData(images.contiguous(), labels.long(), CLASSES, "synthetic")
+
+    return CIFAR10(make(num_train), make(num_test), "synthetic")
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32, standardised per channel with CIFAR-10's mean and std."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() - mean) / std
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = 4) -> torch.Tensor:
+    """Random crop (reflect padding by `pad`) and random horizontal flip, for a whole batch at once.
+
+    images: (B, 3, H, W) float -> (B, 3, H, W) float in channels_last memory layout."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
+    flip = torch.rand(b, generator=generator).to(images.device) < 0.5
+    rows = dy[:, None] + torch.arange(h, device=images.device)                     # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=images.device)                     # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)                          # flip = read columns backwards
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]                     # (B, H, W, 3)
+    return out.permute(0, 3, 1, 2)                                                 # (B, 3, H, W), channels_last
+
+
+def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False, augment_images: bool = False,
+                    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield `(x, y)` batches: x (B, 3, 32, 32) float normalised (channels_last), y (B,) int64.
+
+    Shuffling and augmentation draw from `generator` (CPU), so a seed fixes the whole stream."""
+    if (shuffle or augment_images) and generator is None:
+        raise ValueError("shuffle/augment need a seeded torch.Generator (pass generator=...)")
+    device = torch.device(device) if device is not None else data.images.device
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size].to(data.images.device)
+        x = normalize(data.images[idx].to(device, non_blocking=True))
+        y = data.labels[idx].to(device, non_blocking=True)
+        if augment_images:
+            x = augment(x, generator)
+        else:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits
+
+
+def train_val_split(data: TensorData, val_fraction: float = 0.1, *, seed: int = 0) -> tuple[TensorData, TensorData]:
+    """A stratified split into (train, validation): `val_fraction` of each class goes to validation."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    labels = data.labels.cpu()
+    train_idx, val_idx = [], []
+    for c in range(len(data.classes)):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = round(len(idx) * val_fraction)
+        val_idx.append(idx[:k])
+        train_idx.append(idx[k:])
+    return data.subset(torch.cat(train_idx).sort().values), data.subset(torch.cat(val_idx).sort().values)
+
+
+def iid_split(data: TensorData, num_parts: int = 2, *, seed: int = 0) -> list[TensorData]:
+    """Random equal-size parts (sizes differ by at most one); together they are exactly `data`."""
+    if num_parts < 1:
+        raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(data), generator=g)
+    return [data.subset(part.sort().values) for part in perm.tensor_split(num_parts)]
+
+
+def dirichlet_split(data: TensorData, num_parts: int = 2, *, alpha: float = 0.5, seed: int = 0) -> list[TensorData]:
+    """Label-skewed parts: each class's images are shared out in proportions drawn from
+    Dirichlet(alpha) (Hsu et al., 2019). Small alpha = each part sees mostly a few classes;
+    large alpha -> IID. Every image lands in exactly one part."""
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if num_parts < 1:
+        raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+    rng = np.random.default_rng(seed)
+    labels = data.labels.cpu()
+    parts: list[list[torch.Tensor]] = [[] for _ in range(num_parts)]
+    for c in range(len(data.classes)):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.from_numpy(rng.permutation(len(idx)))]
+        shares = rng.dirichlet([alpha] * num_parts)
+        cuts = (np.cumsum(shares)[:-1] * len(idx)).round().astype(int).tolist()
+        for p, chunk in enumerate(torch.tensor_split(idx, cuts)):
+            parts[p].append(chunk)
+    return [data.subset(torch.cat(p).sort().values) for p in parts]
+
+
+def main() -> None:
+    """`python -m helpers.data`: fetch and cache CIFAR-10, printing a clear message on failure."""
+    import sys
+
+    try:
+        data = load_cifar10()
+    except (DataNotFoundError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"CIFAR-10 ready: {len(data.train)} train / {len(data.test)} test images from {data.source}")
+
+
+if __name__ == "__main__":
+    main()

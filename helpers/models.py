@@ -1,0 +1,96 @@
+"""The course CNN, the student, and what they cost (introduced in notebook 01).
+
+Both are one class, `CNN`, an `nn.Sequential` of Conv2d / MaxPool2d / BatchNorm2d / GELU blocks
+ending in a global max-pool, Flatten and Linear. It has no residual connections on purpose: the
+permutation symmetry of notebook 04 is then easy to read off the layer list, and every helper that
+works on the course models also works on any plain `nn.Sequential` of the same kinds of layers.
+
+The block layout follows airbench (Jordan, 2024): conv -> max-pool -> BatchNorm -> activation,
+which trains fast at large learning rates.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# Channels at width 1.0: stem, then the three stages (32x32 -> 16x16 -> 8x8 -> 4x4 after pooling).
+COURSE_WIDTHS = (32, 64, 128, 256)
+STUDENT_WIDTHS = (16, 32, 64, 128)
+
+
+def conv_bn(c_in: int, c_out: int, *, pool: bool = False) -> list[nn.Module]:
+    """Conv2d 3x3 (no bias: BatchNorm has one) [-> MaxPool2d 2] -> BatchNorm2d -> GELU."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.BatchNorm2d(c_out), nn.GELU()]
+    return layers
+
+
+class CNN(nn.Sequential):
+    """A VGG-style CNN for 32x32 images.
+
+    widths: (stem, stage1, stage2, stage3) channels; each stage halves the resolution and has
+    `convs_per_stage` conv blocks. Input (N, 3, 32, 32) -> logits (N, num_classes)."""
+
+    def __init__(self, widths: Sequence[int] = COURSE_WIDTHS, *, convs_per_stage: int = 2, num_classes: int = 10):
+        if len(widths) != 4 or min(widths) < 1:
+            raise ValueError(f"widths must be 4 positive channel counts (stem + 3 stages), got {widths}")
+        if convs_per_stage < 1:
+            raise ValueError(f"convs_per_stage must be >= 1, got {convs_per_stage}")
+        layers = conv_bn(3, widths[0])
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += conv_bn(c_in, c_out, pool=True)
+            for _ in range(convs_per_stage - 1):
+                layers += conv_bn(c_out, c_out)
+        layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes)]
+        super().__init__(*layers)
+        self.widths = tuple(int(w) for w in widths)
+        self.convs_per_stage = convs_per_stage
+        self.num_classes = num_classes
+
+
+def _scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return tuple(max(1, round(w * width)) for w in widths)
+
+
+def course_cnn(width: float = 1.0, *, num_classes: int = 10) -> CNN:
+    """The course model: two conv blocks per stage, channels `COURSE_WIDTHS` times `width`."""
+    return CNN(_scaled(COURSE_WIDTHS, width), convs_per_stage=2, num_classes=num_classes)
+
+
+def student_cnn(width: float = 1.0, *, num_classes: int = 10) -> CNN:
+    """The smaller student of notebook 06: one conv block per stage, channels `STUDENT_WIDTHS` x `width`."""
+    return CNN(_scaled(STUDENT_WIDTHS, width), convs_per_stage=1, num_classes=num_classes)
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (buffers such as BatchNorm running stats are not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32)) -> int:
+    """Forward-pass FLOPs for one input of `input_shape` (batch included), counted by
+    `torch.utils.flop_counter` (a multiply-add counts as 2 FLOPs; only matmul/conv-like ops are
+    counted, which dominate these models)."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(*input_shape, device=device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def describe(model: nn.Module) -> dict:
+    """Parameters and forward FLOPs per 32x32 image, as plain numbers."""
+    return {"parameters": count_parameters(model), "flops_per_image": count_flops(model)}

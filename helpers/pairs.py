@@ -1,0 +1,138 @@
+"""The trained model pairs every later notebook combines (introduced in notebook 02).
+
+| kind          | what differs between model_a and model_b                                   |
+|---------------|----------------------------------------------------------------------------|
+| `independent` | initial weights and data order                                              |
+| `shared_init` | data order only (same initial weights)                                      |
+| `spawned`     | a parent trains `spawn_epoch` epochs, then two children finish the schedule |
+|               | with different data orders (Frankle et al., 2020)                           |
+| `disjoint`    | training data: each sees one label-skewed half (Dirichlet alpha=0.5 split)  |
+
+plus `joint`: one model trained on all the data (the reference for the disjoint pair).
+
+All runs go through `train_or_load`, so a notebook that needs a pair loads it from the cache, or
+trains it with exactly the config notebook 02 uses when the cache is empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from helpers.checkpoints import train_or_load
+from helpers.data import CIFAR10, TensorData, dirichlet_split
+from helpers.models import course_cnn, student_cnn
+from helpers.presets import Preset
+from helpers.repro import seed_everything
+from helpers.training import History, TrainConfig, train
+
+PAIR_KINDS = ("independent", "shared_init", "spawned", "disjoint")
+DISJOINT_ALPHA = 0.5
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one trained model (the checkpoint key)."""
+
+    arch: str                 # "course" | "student"
+    width: float              # width multiplier
+    init_seed: int            # seeds the initial weights
+    data_seed: int            # seeds the data order and augmentation
+    train: TrainConfig
+    data: str                 # the data the preset uses, e.g. "synthetic:2048" or "cifar10"
+    subset: str = "all"       # which training images: "all" or "dirichlet(alpha,part/parts,seed)"
+    start_epoch: int = 0      # >0: continue from `parent` at this epoch of the schedule
+    stop_epoch: int = 0       # 0: the end of the schedule
+    parent: "RunConfig | None" = None
+
+
+@dataclass
+class Pair:
+    """Two trained models and their histories."""
+
+    kind: str
+    model_a: nn.Module
+    model_b: nn.Module
+    history_a: History
+    history_b: History
+    train_a: TensorData       # the training data each member saw
+    train_b: TensorData
+
+
+def data_tag(preset: Preset, data: CIFAR10) -> str:
+    return f"{preset.data}:{len(data.train)}:{data.source}"
+
+
+def build_model(arch: str, width: float, init_seed: int) -> nn.Module:
+    """A freshly initialised model; the same `init_seed` gives the same weights."""
+    seed_everything(init_seed)
+    return {"course": course_cnn, "student": student_cnn}[arch](width)
+
+
+def select_subset(data: CIFAR10, subset: str) -> TensorData:
+    if subset == "all":
+        return data.train
+    if subset.startswith("dirichlet("):
+        alpha, part, seed = subset[len("dirichlet("):-1].split(",")
+        index, parts = (int(v) for v in part.split("/"))
+        return dirichlet_split(data.train, parts, alpha=float(alpha), seed=int(seed))[index]
+    raise ValueError(f"unknown subset {subset!r}")
+
+
+def train_run(config: RunConfig, data: CIFAR10, *, name: str, progress: bool = True) -> tuple[nn.Module, History]:
+    """Train (or load) the model described by `config`; histories of spawned runs include the parent's."""
+    train_data = select_subset(data, config.subset)
+    parent_history = None
+    if config.parent is not None:
+        parent, parent_history = train_run(config.parent, data, name=f"{name}-parent", progress=progress)
+
+    def build() -> nn.Module:
+        model = build_model(config.arch, config.width, config.init_seed)
+        if config.parent is not None:
+            model.load_state_dict(parent.state_dict())
+        return model
+
+    def fit(model: nn.Module) -> History:
+        return train(model, train_data, config=config.train, seed=config.data_seed, test_data=data.test,
+                     start_epoch=config.start_epoch, stop_epoch=config.stop_epoch or None,
+                     progress=progress, desc=name)
+
+    model, history = train_or_load(name, config, build, fit)
+    if parent_history is not None:
+        history = parent_history.then(history)
+    return model.eval(), history
+
+
+def pair_configs(kind: str, preset: Preset, data: CIFAR10) -> tuple[RunConfig, RunConfig]:
+    """The two run configs of a pair kind under `preset`."""
+    base = RunConfig(arch="course", width=preset.width, init_seed=0, data_seed=0, train=preset.train,
+                     data=data_tag(preset, data))
+    if kind == "independent":
+        return replace(base, init_seed=1, data_seed=1), replace(base, init_seed=2, data_seed=2)
+    if kind == "shared_init":
+        return replace(base, init_seed=3, data_seed=3), replace(base, init_seed=3, data_seed=4)
+    if kind == "spawned":
+        parent = replace(base, init_seed=5, data_seed=5, stop_epoch=preset.spawn_epoch)
+        child = replace(base, init_seed=5, start_epoch=preset.spawn_epoch, parent=parent)
+        return replace(child, data_seed=6), replace(child, data_seed=7)
+    if kind == "disjoint":
+        return tuple(replace(base, init_seed=8 + i, data_seed=8 + i,
+                             subset=f"dirichlet({DISJOINT_ALPHA},{i}/2,0)") for i in range(2))
+    raise ValueError(f"unknown pair kind {kind!r}; valid kinds: {', '.join(PAIR_KINDS)}")
+
+
+def get_pair(kind: str, preset: Preset, data: CIFAR10, *, progress: bool = True) -> Pair:
+    """The trained pair `kind` (one of `PAIR_KINDS`) for `preset`, from the cache or trained now."""
+    config_a, config_b = pair_configs(kind, preset, data)
+    model_a, history_a = train_run(config_a, data, name=f"{preset.name}-{kind}-a", progress=progress)
+    model_b, history_b = train_run(config_b, data, name=f"{preset.name}-{kind}-b", progress=progress)
+    return Pair(kind, model_a, model_b, history_a, history_b,
+                select_subset(data, config_a.subset), select_subset(data, config_b.subset))
+
+
+def get_joint(preset: Preset, data: CIFAR10, *, progress: bool = True) -> tuple[nn.Module, History]:
+    """One course model trained on all the training data (its own seeds, 10)."""
+    config = RunConfig(arch="course", width=preset.width, init_seed=10, data_seed=10, train=preset.train,
+                       data=data_tag(preset, data))
+    return train_run(config, data, name=f"{preset.name}-joint", progress=progress)

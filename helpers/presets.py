@@ -1,0 +1,75 @@
+"""The three budgets every notebook reads: `smoke`, `cpu`, `gpu` (introduced in notebook 01).
+
+Pick one with the `HELPERS_PRESET` environment variable; the default is `gpu` when CUDA is
+available, else `cpu`.
+
+- `smoke`: hermetic, for tests: synthetic CIFAR-shaped data, tiny widths, one short epoch.
+- `cpu`:   real CIFAR-10, sized for a laptop CPU (what the committed results use).
+- `gpu`:   real CIFAR-10, wider models and more epochs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from helpers.data import CIFAR10, load_cifar10, synthetic_cifar
+from helpers.training import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A budget: data, model sizes and training schedule."""
+
+    name: str
+    data: str                        # "synthetic" | "cifar10"
+    width: float                     # course CNN width multiplier (1.0 = 32/64/128/256 channels)
+    student_width: float             # student CNN width multiplier (1.0 = 16/32/64/128 channels)
+    train: TrainConfig               # schedule for one model
+    spawn_epoch: int                 # epochs the parent trains before it is forked (notebook 02)
+    num_seeds: int                   # seeds for mean +/- std claims
+    synthetic_train: int = 2048      # synthetic images (smoke only)
+    synthetic_test: int = 512
+
+    def load_data(self) -> CIFAR10:
+        """The preset's train/test data: synthetic for `smoke`, real CIFAR-10 otherwise."""
+        if self.data == "synthetic":
+            return synthetic_cifar(self.synthetic_train, self.synthetic_test, seed=0)
+        return load_cifar10()
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke", data="synthetic", width=0.25, student_width=0.5,
+        train=TrainConfig(num_epochs=2, batch_size=128, lr=0.1, label_smoothing=0.1),
+        spawn_epoch=1, num_seeds=2,
+    ),
+    # Measured on 2 cores of a Xeon (Sapphire Rapids, bf16 via AMX), CIFAR-10 JPEG copy:
+    # ~84% test accuracy in ~130 s per model (benchmarks/train_speed.py has the current figure).
+    "cpu": Preset(
+        name="cpu", data="cifar10", width=0.5, student_width=0.5,
+        train=TrainConfig(num_epochs=8, batch_size=256, lr=0.2),
+        spawn_epoch=2, num_seeds=3,
+    ),
+    "gpu": Preset(
+        name="gpu", data="cifar10", width=2.0, student_width=1.0,
+        train=TrainConfig(num_epochs=20, batch_size=512, lr=0.2),
+        spawn_epoch=4, num_seeds=5,
+    ),
+}
+
+
+def get_preset(name: str | None = None, **overrides) -> Preset:
+    """The preset called `name`, else `$HELPERS_PRESET`, else `gpu` if CUDA is available, else `cpu`.
+
+    `overrides` replace fields (e.g. `get_preset("cpu", num_seeds=1)`). An unknown name is a
+    `ValueError` listing the valid ones."""
+    name = name or os.environ.get("HELPERS_PRESET") or ("gpu" if torch.cuda.is_available() else "cpu")
+    key = name.strip().lower()
+    if key not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (from HELPERS_PRESET or the name given); "
+                         f"valid presets: {', '.join(PRESETS)}")
+    preset = PRESETS[key]
+    return replace(preset, **overrides) if overrides else preset

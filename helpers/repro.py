@@ -1,0 +1,104 @@
+"""Reproducibility: seeds, device choice, and what ran where (introduced in notebook 01)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from helpers._paths import project_root
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) with `seed`; return a CPU generator seeded
+    the same way, for code that wants its own stream.
+
+    On the CPU the same seed gives bit-identical training runs (tested in `tests/test_training.py`).
+    On a GPU some kernels stay non-deterministic; we do not force deterministic algorithms there
+    because it costs speed and the course's claims are reported over several seeds anyway."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(prefer: str | None = None, *, allow_mps: bool = False) -> torch.device:
+    """The device to train on: `prefer` if given ("cpu", "cuda", "cuda:1", "mps"), else CUDA when
+    available, else the CPU. Apple's MPS is used only on request (`allow_mps=True` or
+    `prefer="mps"`) because several ops the course uses are slower or missing there."""
+    prefer = prefer or os.environ.get("HELPERS_DEVICE") or None
+    if prefer:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {prefer!r} was asked for, but CUDA is not available here")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"device {prefer!r} was asked for, but MPS is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if allow_mps and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human name for `device`, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu (2 threads, Intel Xeon)'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        cpu = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        return f"cpu ({torch.get_num_threads()} threads, {cpu})"
+    return str(device)
+
+
+def git_commit() -> str | None:
+    """The project's current git commit (with '+dirty' if the tree has changes), or None."""
+    root = project_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device | str | None = None) -> dict:
+    """Versions, device and commit as plain values (stored with every results file)."""
+    import torchvision
+
+    device = torch.device(device) if device is not None else pick_device()
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "device_name": device_name(device),
+        "git_commit": git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def print_environment(device: torch.device | str | None = None) -> None:
+    """Print versions and device: the first output of every notebook."""
+    env = environment(device)
+    width = max(map(len, env))
+    for key, value in env.items():
+        print(f"{key:<{width}}  {value}")

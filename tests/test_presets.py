@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from helpers.presets import PRESETS, get_preset
+
+
+def test_named_presets_exist_and_env_var_selects(monkeypatch):
+    assert set(PRESETS) == {"smoke", "cpu", "gpu"}
+    monkeypatch.setenv("HELPERS_PRESET", "smoke")
+    assert get_preset().name == "smoke"
+    assert get_preset("cpu").name == "cpu"  # an explicit name wins
+
+
+def test_default_depends_on_cuda(monkeypatch):
+    monkeypatch.delenv("HELPERS_PRESET", raising=False)
+    assert get_preset().name == ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+def test_unknown_preset_lists_valid_ones(monkeypatch):
+    monkeypatch.setenv("HELPERS_PRESET", "laptop")
+    with pytest.raises(ValueError, match="'laptop'.*smoke, cpu, gpu"):
+        get_preset()
+
+
+def test_overrides_and_smoke_is_hermetic():
+    assert get_preset("cpu", num_seeds=1).num_seeds == 1
+    smoke = get_preset("smoke")
+    data = smoke.load_data()  # no file or network access: synthetic
+    assert data.source == "synthetic" and len(data.train) == smoke.synthetic_train
+
+
+def test_real_presets_use_real_data():
+    assert PRESETS["cpu"].data == PRESETS["gpu"].data == "cifar10"
+    assert PRESETS["gpu"].width > PRESETS["cpu"].width
