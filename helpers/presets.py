@@ -73,3 +73,24 @@ def get_preset(name: str | None = None, **overrides) -> Preset:
                          f"valid presets: {', '.join(PRESETS)}")
     preset = PRESETS[key]
     return replace(preset, **overrides) if overrides else preset
+
+
+def main() -> None:
+    """`python -m helpers.presets`: print the active preset and make sure its data is ready
+    (used by `make run` so that a missing dataset fails early with one clear message)."""
+    import sys
+
+    from helpers.data import DataNotFoundError
+
+    try:
+        preset = get_preset()
+        print(f"preset: {preset.name} ({preset.data} data, width {preset.width}, {preset.train.num_epochs} epochs)")
+        data = preset.load_data()
+    except (DataNotFoundError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"data ready: {len(data.train)} train / {len(data.test)} test images from {data.source}")
+
+
+if __name__ == "__main__":
+    main()

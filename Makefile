@@ -1,0 +1,44 @@
+# The two commands of the course (see README.md):
+#   make run    set up .venv, get CIFAR-10, execute every notebook in order (default preset)
+#   make test   set up .venv, run the unit tests and every notebook under nbval (smoke preset)
+# Both create .venv themselves; they need only python3 (>= 3.10) and make.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: run test venv benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# HELPERS_PRESET picks the budget (smoke | cpu | gpu); default: gpu with CUDA, else cpu.
+run: venv
+	$(PY) -m helpers.presets
+	@preset=$$($(PY) -c "from helpers.presets import get_preset; print(get_preset().name)"); \
+	mkdir -p build/$$preset; start=$$(date +%s); \
+	for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb ($$preset)"; t0=$$(date +%s); \
+	  $(VENV)/bin/jupyter nbconvert --to notebook --execute "$$nb" --output-dir "build/$$preset" \
+	    --ExecutePreprocessor.timeout=-1 --log-level=WARN || exit 1; \
+	  echo "   $$(( $$(date +%s) - t0 )) s"; \
+	done; \
+	echo "make run ($$preset): all notebooks in $$(( $$(date +%s) - start )) s; results in results/$$preset/"
+
+# Hermetic: synthetic data, no network, fresh checkpoints; CIFAR10_DIR is ignored here.
+test: venv
+	env -u CIFAR10_DIR HELPERS_PRESET=smoke HELPERS_DOWNLOAD=0 $(PY) -m pytest tests -q
+	rm -rf build/smoke-checkpoints
+	env -u CIFAR10_DIR HELPERS_PRESET=smoke HELPERS_DOWNLOAD=0 HELPERS_CHECKPOINT_DIR=build/smoke-checkpoints \
+	  $(PY) -m pytest --nbval-lax -q $(NOTEBOOKS)
+
+benchmark: venv
+	$(PY) benchmarks/train_speed.py
+
+clean:
+	rm -rf build checkpoints results/smoke
