@@ -1,0 +1,136 @@
+"""Training speed of the course loop vs the standard torchvision recipe, in one run.
+
+1. Trains one course model with `helpers.training.train` for the preset's full schedule on real
+   CIFAR-10 and evaluates it (test accuracy, training seconds, images/s).
+2. Times the same model, optimiser and precision for a fixed number of steps under the standard
+   recipe: a torchvision dataset with RandomCrop / RandomHorizontalFlip / ToTensor / Normalize
+   transforms and a `DataLoader` (shuffle, `num_workers` = CPU count, at most 4), and the course loop
+   for the same number of steps, so the two images/s figures differ only by the input pipeline.
+
+Usage (from the project root):
+    CIFAR10_DIR=../shared/data/cifar10-jpg .venv/bin/python benchmarks/train_speed.py [--preset cpu]
+
+The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from helpers.data import MEAN, STD, DataNotFoundError, iterate_batches, load_cifar10
+from helpers.models import course_cnn
+from helpers.presets import get_preset
+from helpers.repro import device_name, pick_device, seed_everything
+from helpers.training import autocast, evaluate, make_optimizer, resolve_precision, train
+
+
+def standard_loader(batch_size: int, num_workers: int):
+    """The textbook CIFAR-10 input pipeline (per-image PIL transforms in DataLoader workers)."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([
+        transforms.RandomCrop(32, padding=4, padding_mode="reflect"),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize([m / 255 for m in MEAN], [s / 255 for s in STD]),
+    ])
+    folder = os.environ.get("CIFAR10_DIR")
+    if folder:
+        dataset = datasets.ImageFolder(os.path.join(folder, "train"), transform=tf)
+    else:
+        from helpers.data import data_dir
+        dataset = datasets.CIFAR10(str(data_dir()), train=True, transform=tf, download=False)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=True,
+                      persistent_workers=num_workers > 0, pin_memory=False)
+
+
+def time_steps(model, batches, *, steps: int, warmup: int, config, device, precision) -> float:
+    """Images/s of `steps` SGD steps drawn from `batches` (after `warmup` untimed steps)."""
+    optimizer = make_optimizer(model, config)
+    model.train()
+    seen, start = 0, None
+    for i, (x, y) in enumerate(itertools.islice(batches, warmup + steps)):
+        if i == warmup:
+            start = time.perf_counter()
+        x = x.to(device, memory_format=torch.channels_last)
+        y = y.to(device)
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=None, help="smoke | cpu | gpu (default: HELPERS_PRESET, else by device)")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps for the pipeline comparison")
+    parser.add_argument("--skip-full", action="store_true", help="only the pipeline comparison")
+    args = parser.parse_args()
+
+    preset = get_preset(args.preset or os.environ.get("HELPERS_PRESET") or "cpu")
+    if preset.data != "cifar10":
+        sys.exit(f"this benchmark needs real CIFAR-10; preset {preset.name!r} uses {preset.data} data")
+    try:
+        data = load_cifar10()
+    except DataNotFoundError as exc:
+        sys.exit(str(exc))
+    device = pick_device()
+    config = preset.train
+    precision = resolve_precision(config.precision, device)
+    result = {"preset": preset.name, "data_source": data.source, "device": device_name(device),
+              "torch": torch.__version__, "precision": precision, "width": preset.width,
+              "num_epochs": config.num_epochs, "batch_size": config.batch_size}
+
+    if not args.skip_full:
+        seed_everything(0)
+        model = course_cnn(preset.width)
+        history = train(model, data.train, config=config, seed=0, device=device, desc="full schedule")
+        metrics = evaluate(model, data.test, device=device)
+        result.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"],
+                      train_seconds=history.train_seconds, images_per_second=history.images_per_second)
+        print(f"course loop, full schedule: {metrics['accuracy']:.2%} test accuracy, "
+              f"{history.train_seconds:.1f} s, {history.images_per_second:,.0f} images/s", flush=True)
+
+    # Same model / optimiser / precision, fixed steps: only the input pipeline differs.
+    num_workers = min(4, os.cpu_count() or 1)
+    warmup = 5
+    seed_everything(1)
+    model = course_cnn(preset.width).to(device, memory_format=torch.channels_last)
+    loader = standard_loader(config.batch_size, num_workers)
+    baseline = time_steps(model, iter(loader), steps=args.steps, warmup=warmup, config=config, device=device,
+                          precision=precision)
+    del loader
+    seed_everything(1)
+    model = course_cnn(preset.width).to(device, memory_format=torch.channels_last)
+    train_on_device = data.train.to(device)
+    g = torch.Generator().manual_seed(0)
+    ours = time_steps(model, iterate_batches(train_on_device, config.batch_size, shuffle=True, augment_images=True,
+                                             generator=g, device=device, drop_last=True),
+                      steps=args.steps, warmup=warmup, config=config, device=device, precision=precision)
+    print(f"fixed {args.steps} steps: standard recipe {baseline:,.0f} images/s (DataLoader, {num_workers} workers), "
+          f"course loop {ours:,.0f} images/s", flush=True)
+    result.update(baseline_images_per_second=baseline, fixed_steps_images_per_second=ours,
+                  speedup_vs_baseline=ours / baseline, baseline_num_workers=num_workers, timed_steps=args.steps)
+    if "images_per_second" not in result:
+        result["images_per_second"] = ours
+    if "test_accuracy" in result:
+        result["meets_accuracy_target"] = result["test_accuracy"] >= 0.80 and result["train_seconds"] <= 300
+    result["meets_speed_target"] = result["images_per_second"] >= 1.5 * baseline
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
