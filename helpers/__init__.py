@@ -8,6 +8,8 @@ Each module holds one concept; notebooks import what they teach:
 - `helpers.models`       the course CNN and the student, parameter / FLOP counts
 - `helpers.training`     `train(...) -> History`, `evaluate(...)`
 - `helpers.checkpoints`  `train_or_load(...)`: cached, atomic, config-keyed checkpoints
+- `helpers.pairs`        the trained model pairs of notebook 02, cached for every later notebook
+- `helpers.averaging`    state-dict averages, interpolation, BatchNorm recalibration, barriers
 - `helpers.results`      results JSON with provenance, figures
 - `helpers.plotting`     learning curves and image grids
 """

@@ -76,11 +76,13 @@ class TensorData:
 
 @dataclass
 class CIFAR10:
-    """The train and test sets."""
+    """The train and test sets, and optionally a validation split held out of the training images
+    (for choices such as ensemble weights; the test set is only ever used to report results)."""
 
     train: TensorData
     test: TensorData
     source: str = field(default="unknown")
+    val: TensorData | None = None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -131,6 +131,19 @@ def get_pair(kind: str, preset: Preset, data: CIFAR10, *, progress: bool = True)
                 select_subset(data, config_a.subset), select_subset(data, config_b.subset))
 
 
+def get_spawned_children(preset: Preset, data: CIFAR10, num_children: int, *,
+                         progress: bool = True) -> list[tuple[nn.Module, History]]:
+    """`num_children` children of the spawned pair's parent, each with its own data order; the
+    first two are the spawned pair's model_a and model_b (loaded from the same cache files)."""
+    config_a, _ = pair_configs("spawned", preset, data)
+    children = []
+    for i in range(num_children):
+        suffix = "ab"[i] if i < 2 else f"c{i}"
+        children.append(train_run(replace(config_a, data_seed=config_a.data_seed + i), data,
+                                  name=f"{preset.name}-spawned-{suffix}", progress=progress))
+    return children
+
+
 def get_joint(preset: Preset, data: CIFAR10, *, progress: bool = True) -> tuple[nn.Module, History]:
     """One course model trained on all the training data (its own seeds, 10)."""
     config = RunConfig(arch="course", width=preset.width, init_seed=10, data_seed=10, train=preset.train,

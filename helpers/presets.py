@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from helpers.data import CIFAR10, load_cifar10, synthetic_cifar
+from helpers.data import CIFAR10, load_cifar10, synthetic_cifar, train_val_split
 from helpers.training import TrainConfig
 
 
@@ -30,33 +30,38 @@ class Preset:
     train: TrainConfig               # schedule for one model
     spawn_epoch: int                 # epochs the parent trains before it is forked (notebook 02)
     num_seeds: int                   # seeds for mean +/- std claims
+    soup_size: int                   # spawned children averaged into one "soup" (notebook 03)
+    val_fraction: float = 0.1        # share of each class's training images held out for validation
     synthetic_train: int = 2048      # synthetic images (smoke only)
     synthetic_test: int = 512
 
     def load_data(self) -> CIFAR10:
-        """The preset's train/test data: synthetic for `smoke`, real CIFAR-10 otherwise."""
-        if self.data == "synthetic":
-            return synthetic_cifar(self.synthetic_train, self.synthetic_test, seed=0)
-        return load_cifar10()
+        """The preset's data: synthetic for `smoke`, real CIFAR-10 otherwise, with a stratified
+        validation split (`val_fraction`, seed 0) held out of the training images. Every model in
+        the course trains on `data.train` only; `data.val` is for choices, `data.test` for reporting."""
+        full = (synthetic_cifar(self.synthetic_train, self.synthetic_test, seed=0) if self.data == "synthetic"
+                else load_cifar10())
+        train, val = train_val_split(full.train, self.val_fraction, seed=0)
+        return CIFAR10(train=train, test=full.test, source=full.source, val=val)
 
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke", data="synthetic", width=0.25, student_width=0.5,
         train=TrainConfig(num_epochs=2, batch_size=128, lr=0.1, label_smoothing=0.1),
-        spawn_epoch=1, num_seeds=2,
+        spawn_epoch=1, num_seeds=2, soup_size=3,
     ),
     # Measured on 2 cores of a Xeon (Sapphire Rapids, bf16 via AMX), CIFAR-10 JPEG copy:
     # ~84% test accuracy in ~130 s per model (benchmarks/train_speed.py has the current figure).
     "cpu": Preset(
         name="cpu", data="cifar10", width=0.5, student_width=0.5,
         train=TrainConfig(num_epochs=8, batch_size=256, lr=0.2),
-        spawn_epoch=2, num_seeds=3,
+        spawn_epoch=2, num_seeds=3, soup_size=4,
     ),
     "gpu": Preset(
         name="gpu", data="cifar10", width=2.0, student_width=1.0,
         train=TrainConfig(num_epochs=20, batch_size=512, lr=0.2),
-        spawn_epoch=4, num_seeds=5,
+        spawn_epoch=4, num_seeds=5, soup_size=6,
     ),
 }
 
@@ -89,7 +94,8 @@ def main() -> None:
     except (DataNotFoundError, ValueError) as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
-    print(f"data ready: {len(data.train)} train / {len(data.test)} test images from {data.source}")
+    print(f"data ready: {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test images "
+          f"from {data.source}")
 
 
 if __name__ == "__main__":

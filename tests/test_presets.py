@@ -26,7 +26,11 @@ def test_overrides_and_smoke_is_hermetic():
     assert get_preset("cpu", num_seeds=1).num_seeds == 1
     smoke = get_preset("smoke")
     data = smoke.load_data()  # no file or network access: synthetic
-    assert data.source == "synthetic" and len(data.train) == smoke.synthetic_train
+    assert data.source == "synthetic"
+    assert len(data.train) + len(data.val) == smoke.synthetic_train
+    assert abs(len(data.val) - smoke.synthetic_train * smoke.val_fraction) <= 10  # stratified: rounded per class
+    train_rows = {bytes(r) for r in data.train.images.flatten(1).numpy()}
+    assert not any(bytes(r) in train_rows for r in data.val.images.flatten(1).numpy())  # held out, not copied
 
 
 def test_real_presets_use_real_data():

@@ -1,0 +1,128 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers.ensembling import (Ensemble, classification_metrics, combine_logits, disagreement, error_correlation,
+                                expected_calibration_error, fit_weights, reliability)
+from helpers.models import course_cnn, student_cnn
+from helpers.repro import seed_everything
+
+
+def _models(n, make=lambda: course_cnn(0.25)):
+    out = []
+    for seed in range(n):
+        seed_everything(seed)
+        m = make()
+        m.train()
+        with torch.no_grad():  # non-trivial BatchNorm statistics
+            m(torch.randn(16, 3, 32, 32))
+        out.append(m.eval())
+    return out
+
+
+X = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("combine", ["mean_logits", "mean_probs", "vote"])
+def test_one_member_ensemble_equals_the_model(combine):
+    (model,) = _models(1)
+    out = Ensemble([model], combine=combine)(X)
+    logits = model(X)
+    if combine == "mean_logits":
+        assert torch.allclose(out, logits, atol=1e-5)
+    elif combine == "mean_probs":
+        assert torch.allclose(out, logits.log_softmax(1), atol=1e-5)
+    assert torch.equal(out.argmax(1), logits.argmax(1))
+
+
+@pytest.mark.parametrize("combine", ["mean_logits", "mean_probs"])
+def test_two_identical_members_equal_one(combine):
+    (model,) = _models(1)
+    assert torch.allclose(Ensemble([model, model], combine=combine)(X), Ensemble([model], combine=combine)(X), atol=1e-5)
+
+
+def test_weights_are_honoured():
+    a, b = _models(2)
+    assert torch.allclose(Ensemble([a, b], weights=[1, 0])(X), a(X), atol=1e-5)
+    mixed = Ensemble([a, b], weights=[3, 1])(X)
+    assert torch.allclose(mixed, 0.75 * a(X) + 0.25 * b(X), atol=1e-5)
+    with pytest.raises(ValueError, match="non-negative"):
+        Ensemble([a, b], weights=[1, -1])
+    with pytest.raises(ValueError, match="2 models"):
+        Ensemble([a, b], weights=[1])
+
+
+def test_mean_probs_returns_log_probabilities():
+    out = Ensemble(_models(3), combine="mean_probs")(X)
+    assert torch.allclose(out.exp().sum(1), torch.ones(len(X)), atol=1e-5)
+
+
+def test_vote_majority_and_deterministic_ties():
+    # 3 members, 2 classes: member logits chosen by hand.
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]],     # member 0: class 0, class 1
+                           [[2.0, 0.0], [0.0, 1.0]],     # member 1: class 0, class 1
+                           [[0.0, 3.0], [5.0, 0.0]]])    # member 2: class 1, class 0
+    out = combine_logits(logits, [1 / 3] * 3, "vote")
+    assert out.argmax(1).tolist() == [0, 1]  # majority wins
+    # Tie (two members disagree): the class with the higher mean probability wins.
+    tie = torch.tensor([[[1.0, 0.0]], [[0.0, 4.0]]])
+    assert combine_logits(tie, [0.5, 0.5], "vote").argmax(1).tolist() == [1]
+    # Exact tie in votes and probabilities: the lower class index wins, every time.
+    exact = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    assert combine_logits(exact, [0.5, 0.5], "vote").argmax(1).tolist() == [0]
+
+
+@pytest.mark.parametrize("combine", ["mean_logits", "mean_probs", "vote"])
+def test_vmap_path_equals_loop_path(combine):
+    models = _models(4)
+    batched = Ensemble(models, combine=combine)
+    looped = Ensemble(models, combine=combine, batched=False)
+    assert batched.batched and not looped.batched
+    assert torch.allclose(batched(X), looped(X), atol=1e-4)
+
+
+def test_mixed_architectures_use_the_loop():
+    models = _models(1) + _models(1, make=lambda: student_cnn(0.5))
+    ens = Ensemble(models)
+    assert not ens.batched
+    assert ens(X).shape == (8, 10)
+    with pytest.raises(ValueError, match="one architecture"):
+        Ensemble(models, batched=True)
+
+
+def test_no_gradients_reach_members_and_members_stay_in_eval():
+    models = _models(2)
+    ens = Ensemble(models).train()
+    assert all(not m.training for m in models)
+    out = ens(X.requires_grad_(False))
+    assert not out.requires_grad
+    student = course_cnn(0.25)
+    loss = F.mse_loss(student(X), out)
+    loss.backward()
+    assert all(p.grad is None for m in models for p in m.parameters())
+
+
+def test_fit_weights_prefers_the_better_member():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 10, (500,))
+    good = F.one_hot(labels, 10).float() * 4 + torch.randn(500, 10)
+    bad = torch.randn(500, 10)
+    w = fit_weights(torch.stack([good, bad]), labels)
+    assert w[0] > 0.9 and sum(w) == pytest.approx(1.0)
+
+
+def test_metrics_against_hand_computed_values():
+    labels = torch.tensor([0, 1, 1, 0])
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.6, 0.4]])
+    # One bin per 0.5 of confidence: bin [0.5, 1) has all four; confidence mean 0.725, accuracy 0.75.
+    assert expected_calibration_error(probs, labels, num_bins=2) == pytest.approx(0.025)
+    m = classification_metrics(probs.log(), labels, log_probs=True)
+    assert m["accuracy"] == 0.75
+    assert m["nll"] == pytest.approx(float(-(torch.tensor([0.9, 0.8, 0.4, 0.6]).log().mean())), rel=1e-5)
+    rel = reliability(probs, labels, num_bins=2)
+    assert rel["count"] == [0, 4]
+    a = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]])
+    b = torch.tensor([[1.0, 0], [0, 1], [0, 1], [1, 0]])
+    assert disagreement(a, b) == 0.5
+    assert error_correlation(a, a, labels) == pytest.approx(1.0)
