@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -173,12 +173,15 @@ def loss_barrier(alphas: Sequence[float], values: Sequence[float], *, metric: st
 
 def interpolation_curve(model_a: nn.Module, model_b: nn.Module, data: TensorData, alphas: Sequence[float], *,
                         recalibrate: TensorData | Sequence | None = None, device: torch.device | str | None = None,
+                        after_merge: Callable[[nn.Module, float], nn.Module] | None = None,
                         progress: bool = True, desc: str = "interpolate") -> InterpolationCurve:
     """Evaluate `interpolate(model_a, model_b, alpha)` on `data` (the test set) for each alpha.
 
     recalibrate: None for the naive average; training data (a `TensorData`, or ready batches from
         `recalibration_batches`) to recompute BatchNorm statistics of each merged model first.
-        The endpoints are recalibrated too, so the curve compares like with like."""
+        The endpoints are recalibrated too, so the curve compares like with like.
+    after_merge: `after_merge(merged, alpha) -> model`, applied after the merge and any
+        recalibration, e.g. REPAIR in notebook 04."""
     from tqdm.auto import tqdm
 
     batches = None
@@ -189,6 +192,8 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, data: TensorData
         merged = interpolate(model_a, model_b, float(alpha))
         if batches is not None:
             recalibrate_batchnorm(merged, batches, device=device)
+        if after_merge is not None:
+            merged = after_merge(merged, float(alpha))
         metrics = evaluate(merged, data, device=device)
         accuracy.append(metrics["accuracy"])
         loss.append(metrics["loss"])

@@ -160,7 +160,8 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, *, num
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, *, num_bins: int = 15) -> dict[str, list[float]]:
-    """Per confidence bin: mean confidence, accuracy and sample count (for a reliability diagram)."""
+    """Per confidence bin: mean confidence, accuracy and sample count (for a reliability diagram).
+    Empty bins have None for confidence and accuracy."""
     confidence, prediction = probs.max(1)
     correct = (prediction == labels).float()
     bins = torch.clamp((confidence * num_bins).long(), max=num_bins - 1)
@@ -169,8 +170,8 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, *, num_bins: int = 15
         mask = bins == b
         out["bin_centre"].append((b + 0.5) / num_bins)
         out["count"].append(int(mask.sum()))
-        out["confidence"].append(float(confidence[mask].mean()) if mask.any() else float("nan"))
-        out["accuracy"].append(float(correct[mask].mean()) if mask.any() else float("nan"))
+        out["confidence"].append(float(confidence[mask].mean()) if mask.any() else None)
+        out["accuracy"].append(float(correct[mask].mean()) if mask.any() else None)
     return out
 
 

@@ -144,6 +144,66 @@ def get_spawned_children(preset: Preset, data: CIFAR10, num_children: int, *,
     return children
 
 
+def get_student(preset: Preset, data: CIFAR10, *, seed: int = 0, progress: bool = True) -> tuple[nn.Module, History]:
+    """The student CNN trained from scratch on all training data with the preset schedule
+    (init and data seed 100 + `seed`): the baseline of notebook 06, a mixed-architecture member in 05."""
+    return train_run(student_config(preset, data, seed), data, name=f"{preset.name}-student-s{seed}", progress=progress)
+
+
+@dataclass(frozen=True)
+class DistillRun:
+    """Everything that determines a distilled student (the checkpoint key)."""
+
+    student: RunConfig                 # architecture, seeds, schedule (same seeds as the scratch student)
+    teachers: tuple[RunConfig, ...]    # the teacher models' own run configs
+    combine: str                       # how several teachers are combined (Ensemble combine rule)
+    kind: str                          # "kl" | "mse"
+    temperature: float
+    alpha: float                       # weight of the distillation term (1 - alpha on cross-entropy)
+
+
+def student_config(preset: Preset, data: CIFAR10, seed: int) -> RunConfig:
+    return RunConfig(arch="student", width=preset.student_width, init_seed=100 + seed, data_seed=100 + seed,
+                     train=preset.train, data=data_tag(preset, data))
+
+
+def get_distilled_student(preset: Preset, data: CIFAR10, *, teacher: str = "ensemble", kind: str = "kl",
+                          temperature: float = 4.0, alpha: float = 0.9, seed: int = 0,
+                          teacher_module: nn.Module | None = None, progress: bool = True) -> tuple[nn.Module, History]:
+    """A student distilled from the independent pair: `teacher="member"` (model_a alone) or
+    `"ensemble"` (mean of both members' logits). Same initial weights and data order as
+    `get_student(seed=seed)`, so the two differ only in the loss. `teacher_module` lets the caller
+    pass a ready teacher (e.g. a `CachedTeacher`) matching `teacher`."""
+    from helpers.distillation import CachedTeacher, distill
+    from helpers.ensembling import Ensemble
+
+    if teacher not in ("member", "ensemble"):
+        raise ValueError(f"teacher must be 'member' or 'ensemble', got {teacher!r}")
+    configs = pair_configs("independent", preset, data)
+    teachers = configs if teacher == "ensemble" else configs[:1]
+    run = DistillRun(student_config(preset, data, seed), tuple(teachers), "mean_logits", kind, float(temperature),
+                     float(alpha))
+
+    def build() -> nn.Module:
+        return build_model("student", preset.student_width, run.student.init_seed)
+
+    def fit(model: nn.Module) -> History:
+        module = teacher_module
+        if module is None:
+            pair = get_pair("independent", preset, data, progress=progress)
+            members = [pair.model_a, pair.model_b][: len(teachers)]
+            module = Ensemble(members, combine="mean_logits")
+        if isinstance(module, CachedTeacher):
+            module.restart()
+        return distill(model, module, data.train, config=preset.train, temperature=temperature, alpha=alpha,
+                       kind=kind, seed=run.student.data_seed, test_data=data.test, progress=progress,
+                       desc=f"KD {teacher} {kind} T={temperature:g} s{seed}")
+
+    name = f"{preset.name}-kd-{teacher}-{kind}-s{seed}"
+    model, history = train_or_load(name, run, build, fit)
+    return model.eval(), history
+
+
 def get_joint(preset: Preset, data: CIFAR10, *, progress: bool = True) -> tuple[nn.Module, History]:
     """One course model trained on all the training data (its own seeds, 10)."""
     config = RunConfig(arch="course", width=preset.width, init_seed=10, data_seed=10, train=preset.train,

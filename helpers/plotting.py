@@ -61,3 +61,20 @@ def plot_class_counts(parts: Mapping[str, TensorData]):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_reliability(curves: Mapping[str, dict], *, ax=None, title: str = "reliability diagram"):
+    """Accuracy against confidence per bin for several models (from `helpers.ensembling.reliability`);
+    the diagonal is perfect calibration. Returns the figure."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    else:
+        fig = ax.figure
+    ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--", label="perfectly calibrated")
+    for label, rel in curves.items():
+        pts = [(c, a) for c, a, n in zip(rel["confidence"], rel["accuracy"], rel["count"]) if n > 0]
+        ax.plot([c for c, _ in pts], [a for _, a in pts], marker="o", ms=3, label=label)
+    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

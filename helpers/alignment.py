@@ -1,0 +1,259 @@
+"""Permutation alignment: weight matching (Git Re-Basin) and REPAIR (introduced in notebook 04).
+
+Hidden units can be reordered without changing what a network computes: permute the output
+channels of a Conv2d / Linear (and of the BatchNorm after it) and the input channels of the next
+Conv2d / Linear the same way. Two independently trained networks store similar features in
+different orders, which is why their weight average collapses (notebook 03).
+
+`weight_matching(model_a, model_b)` finds, for every hidden layer, the permutation of model_b's
+units that best matches model_a's weights (Ainsworth, Hayase & Srinivasa, 2022: coordinate descent
+over layers, each step a linear assignment solved by `scipy.optimize.linear_sum_assignment`) and
+returns a permuted copy of model_b that computes the same function.
+
+The permutation structure is read off the model, not written per architecture: `permutation_spec`
+walks an `nn.Sequential` (nested Sequentials are flattened) of Linear, Conv2d, BatchNorm1d/2d,
+element-wise activations, pooling, Dropout and Flatten. Anything else — a residual block, attention,
+LayerNorm — raises an error naming the module. The course CNNs are plain Sequentials.
+
+`repair(merged, model_a, model_b, batches, alpha)` fixes the variance collapse of merged models
+with BatchNorm (Jordan et al., 2022): after resetting BatchNorm statistics, it sets each BatchNorm
+layer's affine parameters so that every channel's output has the mean and standard deviation
+interpolated between the two endpoints' channels, measured on training images.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from helpers.averaging import check_compatible, recalibrate_batchnorm
+from helpers.training import autocast, resolve_precision
+
+PASS_THROUGH = (
+    nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardswish, nn.ReLU6,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity,
+)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+LAYERS = (nn.Linear, nn.Conv2d, nn.Conv1d)
+
+
+@dataclass
+class PermGroup:
+    """One hidden layer's units: permuted on dim 0 of `outputs` and dim 1 of `inputs` (of `next_layer`)."""
+
+    size: int
+    outputs: list[str] = field(default_factory=list)   # state-dict keys with this group on dim 0
+    next_layer: str | None = None                      # weight key of the consuming layer (dim 1)
+    block: int = 1                                     # >1 when a Flatten sits between: each unit is `block` inputs
+
+
+def _flatten(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, child in model.named_children():
+        full = f"{prefix}{name}"
+        if isinstance(child, nn.Sequential):
+            out += _flatten(child, f"{full}.")
+        else:
+            out.append((full, child))
+    return out
+
+
+def permutation_spec(model: nn.Module) -> list[PermGroup]:
+    """The permutation groups of a Sequential model: one per hidden Linear/Conv layer's outputs."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"weight matching reads the layer order of an nn.Sequential; got {type(model).__name__}. "
+                        "Wrap the layers in nn.Sequential, or write the permutation spec by hand.")
+    groups: list[PermGroup] = []
+    current: PermGroup | None = None
+    flattened = False
+    for name, module in _flatten(model):
+        if isinstance(module, LAYERS):
+            if current is not None:
+                current.next_layer = f"{name}.weight"
+                fan_in = module.weight.shape[1]
+                if flattened:
+                    if fan_in % current.size:
+                        raise ValueError(f"{name} has {fan_in} inputs, not a multiple of the {current.size} "
+                                         "channels before Flatten")
+                    current.block = fan_in // current.size
+                elif fan_in != current.size:
+                    raise ValueError(f"{name} expects {fan_in} inputs but the previous layer has {current.size} units")
+                groups.append(current)
+            current = PermGroup(size=module.weight.shape[0], outputs=[f"{name}.weight"] +
+                                ([f"{name}.bias"] if module.bias is not None else []))
+            flattened = False
+        elif isinstance(module, NORMS):
+            if current is None:
+                raise ValueError(f"{name} ({type(module).__name__}) comes before any Linear/Conv layer")
+            current.outputs += [f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")
+                                if getattr(module, k, None) is not None]
+        elif isinstance(module, nn.Flatten):
+            flattened = True
+        elif not isinstance(module, PASS_THROUGH):
+            raise ValueError(f"unsupported module {name} ({type(module).__name__}): weight matching supports "
+                             "Linear, Conv1d/2d, BatchNorm1d/2d, element-wise activations, pooling, Dropout and Flatten")
+    return groups  # the last layer's outputs are the classes: never permuted
+
+
+def _permute(state: dict[str, torch.Tensor], group: PermGroup, perm: torch.Tensor) -> None:
+    """Apply `perm` to `group` in `state` (in place on the dict, new tensors)."""
+    for key in group.outputs:
+        state[key] = state[key].index_select(0, perm.to(state[key].device))
+    if group.next_layer is not None:
+        w = state[group.next_layer]
+        if group.block > 1:  # Flatten: input index = unit * block + position
+            idx = (perm[:, None] * group.block + torch.arange(group.block)).flatten()
+        else:
+            idx = perm
+        state[group.next_layer] = w.index_select(1, idx.to(w.device))
+
+
+def permute_model(model: nn.Module, perms: Sequence[torch.Tensor]) -> nn.Module:
+    """A copy of `model` with hidden units reordered by `perms` (one index tensor per group of
+    `permutation_spec(model)`): new unit i is old unit perms[g][i]. Same function, different weights."""
+    groups = permutation_spec(model)
+    if len(perms) != len(groups):
+        raise ValueError(f"got {len(perms)} permutations for {len(groups)} permutation groups")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for group, perm in zip(groups, perms):
+        perm = torch.as_tensor(perm, dtype=torch.long)
+        if sorted(perm.tolist()) != list(range(group.size)):
+            raise ValueError(f"not a permutation of {group.size} units: {perm.tolist()[:10]}...")
+        _permute(state, group, perm)
+    out = copy.deepcopy(model)
+    out.load_state_dict(state)
+    return out
+
+
+def random_permutations(model: nn.Module, *, seed: int = 0) -> list[torch.Tensor]:
+    """One random permutation per hidden layer of `model`."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(group.size, generator=g) for group in permutation_spec(model)]
+
+
+def _weights_only(group: PermGroup) -> list[str]:
+    # Matching uses parameters (weights, biases, BatchNorm affine), not running statistics.
+    return [k for k in group.outputs if not k.endswith(("running_mean", "running_var"))]
+
+
+def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100, seed: int = 0,
+                    return_perms: bool = False):
+    """A copy of `model_b` with its hidden units permuted to match `model_a` (Git Re-Basin weight
+    matching). The copy computes the same function as `model_b`; neither input is changed.
+
+    For each permutation group in random order, the units of model_b are assigned to those of model_a
+    to maximise the summed inner product of all weights that group touches (its outgoing weights,
+    biases and BatchNorm parameters, and the next layer's incoming weights), holding the other
+    groups fixed; sweeps repeat until no group changes (at most `max_iter` sweeps).
+    With `return_perms=True`, returns (model, perms)."""
+    check_compatible([model_a.state_dict(), model_b.state_dict()])
+    groups = permutation_spec(model_a)
+    a = {k: v.detach().float().cpu() for k, v in model_a.state_dict().items()}
+    b = {k: v.detach().float().cpu() for k, v in model_b.state_dict().items()}
+    perms = [torch.arange(g.size) for g in groups]
+    rng = np.random.default_rng(seed)
+
+    def permuted_b_except(skip: int) -> dict[str, torch.Tensor]:
+        state = dict(b)
+        for j, (group, perm) in enumerate(zip(groups, perms)):
+            if j != skip:
+                _permute(state, group, perm)
+        return state
+
+    for _ in range(max_iter):
+        changed = False
+        for i in rng.permutation(len(groups)):
+            group = groups[i]
+            pb = permuted_b_except(i)
+            cost = torch.zeros(group.size, group.size, dtype=torch.float64)
+            for key in _weights_only(group):
+                cost += (a[key].reshape(group.size, -1).double() @ pb[key].reshape(group.size, -1).double().T)
+            if group.next_layer is not None:
+                wa, wb = a[group.next_layer], pb[group.next_layer]
+                # (out, in * block, ...) -> (in, out * block * ...): one row per unit of this group
+                wa = wa.reshape(wa.shape[0], group.size, -1).transpose(0, 1).reshape(group.size, -1)
+                wb = wb.reshape(wb.shape[0], group.size, -1).transpose(0, 1).reshape(group.size, -1)
+                cost += wa.double() @ wb.double().T
+            _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
+            new = torch.as_tensor(cols, dtype=torch.long)
+            old_score = cost[torch.arange(group.size), perms[i]].sum()
+            new_score = cost[torch.arange(group.size), new].sum()
+            if new_score > old_score + 1e-9 * abs(float(old_score)):
+                perms[i] = new
+                changed = True
+        if not changed:
+            break
+    aligned = permute_model(model_b, perms)
+    return (aligned, perms) if return_perms else aligned
+
+
+@torch.no_grad()
+def _bn_output_stats(model: nn.Module, batches: Sequence, device: torch.device, precision: str) -> dict[str, tuple]:
+    """Per BatchNorm layer: (mean, std) of each output channel over `batches`, in eval mode."""
+    sums: dict[str, list] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, NORMS):
+            def hook(mod, inp, out, name=name):
+                dims = [d for d in range(out.dim()) if d != 1]
+                o = out.float()
+                s = sums.setdefault(name, [0.0, 0.0, 0])
+                s[0] = s[0] + o.sum(dims)
+                s[1] = s[1] + (o * o).sum(dims)
+                s[2] += o.numel() // o.shape[1]
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(device, precision):
+            for batch in batches:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    stats = {}
+    for name, (s1, s2, n) in sums.items():
+        mean = s1 / n
+        stats[name] = (mean, (s2 / n - mean * mean).clamp_min(0).sqrt())
+    return stats
+
+
+@torch.no_grad()
+def repair(merged: nn.Module, model_a: nn.Module, model_b: nn.Module, batches: Iterable, *, alpha: float = 0.5,
+           device: torch.device | str | None = None, precision: str = "auto") -> nn.Module:
+    """REPAIR for models with BatchNorm (in place on `merged`; returns it).
+
+    1. reset BatchNorm statistics of `merged` on `batches` (training images);
+    2. for every BatchNorm layer, set its affine weight and bias so that each output channel's mean
+       and std become (1 - alpha) * endpoint A's + alpha * endpoint B's, measured on `batches`
+       (model_b must already be aligned to model_a, so that channel i means the same unit in both);
+    3. reset the statistics again, since the layers after each BatchNorm now see rescaled inputs.
+    Models without BatchNorm are refused: REPAIR would then need new rescaling layers."""
+    batches = list(batches)
+    if not any(isinstance(m, NORMS) for m in merged.modules()):
+        raise ValueError("repair() works through BatchNorm layers, and this model has none")
+    device = torch.device(device) if device is not None else next(merged.parameters()).device
+    precision = resolve_precision(precision, device)
+    stats_a = _bn_output_stats(model_a.to(device), batches, device, precision)
+    stats_b = _bn_output_stats(model_b.to(device), batches, device, precision)
+    recalibrate_batchnorm(merged, batches, device=device, precision=precision)
+    for name, module in merged.named_modules():
+        if isinstance(module, NORMS) and module.affine:
+            (mean_a, std_a), (mean_b, std_b) = stats_a[name], stats_b[name]
+            target_mean = (1 - alpha) * mean_a + alpha * mean_b
+            target_std = (1 - alpha) * std_a + alpha * std_b
+            # With fresh statistics a BatchNorm output channel has mean = bias and std = |weight|.
+            sign = torch.where(module.weight >= 0, 1.0, -1.0)
+            module.weight.copy_(sign * target_std.to(module.weight))
+            module.bias.copy_(target_mean.to(module.bias))
+    recalibrate_batchnorm(merged, batches, device=device, precision=precision)
+    return merged

@@ -1,0 +1,107 @@
+"""Knowledge distillation: a student learns from a teacher's outputs (introduced in notebook 06).
+
+`distillation_loss` mixes the usual cross-entropy on labels with a term that pulls the student's
+outputs towards the teacher's (Hinton, Vinyals & Dean, 2015). `distill` trains a student with it;
+the teacher can be any module, an `Ensemble` included. The teacher always runs in eval mode, under
+`torch.no_grad()`, on the same augmented batch the student sees.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers.data import TensorData
+from helpers.training import History, TrainConfig, train
+
+KINDS = ("kl", "mse")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
+                      temperature: float = 4.0, alpha: float = 0.9, kind: str = "kl",
+                      label_smoothing: float = 0.0) -> torch.Tensor:
+    """alpha * KD term + (1 - alpha) * cross-entropy(student_logits, targets).
+
+    student_logits, teacher_logits: (N, C); targets: (N,) class indices.
+    kind="kl": KL(teacher || student) between the temperature-softened distributions, times T^2
+        so its gradients keep the same scale whatever the temperature (Hinton et al., 2015).
+    kind="mse": mean squared error between the raw logits (temperature unused).
+    The teacher's logits are detached: no gradient ever reaches the teacher."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits must both be (N, C); got {tuple(student_logits.shape)} "
+                         f"and {tuple(teacher_logits.shape)}")
+    if targets.shape != student_logits.shape[:1]:
+        raise ValueError(f"targets must be ({student_logits.shape[0]},) class indices; got {tuple(targets.shape)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    teacher_logits = teacher_logits.detach()
+    ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
+    if kind == "kl":
+        t = temperature
+        kd = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                      reduction="batchmean", log_target=True) * (t * t)
+    else:
+        kd = F.mse_loss(student_logits, teacher_logits)
+    return alpha * kd + (1 - alpha) * ce
+
+
+class CachedTeacher(nn.Module):
+    """A teacher that remembers its logits for the i-th batch it is shown.
+
+    Students trained with the same data seed and schedule see exactly the same stream of augmented
+    batches, so the teacher's outputs can be computed once and reused: call `restart()` before each
+    student run. Every cached entry keeps a fingerprint of its batch; a batch that differs from the
+    cached one is recomputed, never answered from the cache."""
+
+    def __init__(self, teacher: nn.Module):
+        super().__init__()
+        self.teacher = teacher
+        self._cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._calls = 0
+        self.hits = 0
+
+    def restart(self) -> None:
+        self._calls = 0
+
+    @staticmethod
+    def _fingerprint(x: torch.Tensor) -> tuple:
+        return (tuple(x.shape), float(x.float().sum()), float(x[..., ::7, ::5].float().square().sum()))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key, fp = self._calls, self._fingerprint(x)
+        self._calls += 1
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == fp:
+            self.hits += 1
+            return cached[1]
+        self.teacher.eval()
+        logits = self.teacher(x).float()
+        self._cache[key] = (fp, logits)
+        return logits
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: TensorData, *, config: TrainConfig, temperature: float = 4.0,
+            alpha: float = 0.9, kind: str = "kl", seed: int = 0, test_data: TensorData | None = None,
+            device: torch.device | str | None = None, progress: bool = True, desc: str = "distill") -> History:
+    """Train `student` in place to imitate `teacher` on `data` (the schedule of `config`); returns
+    its `History`. `config.label_smoothing` applies to the cross-entropy part."""
+    from helpers.repro import pick_device
+
+    device = torch.device(device) if device is not None else pick_device()
+    teacher = teacher.to(device, memory_format=torch.channels_last).eval()
+
+    def loss_fn(student_logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        teacher.eval()
+        with torch.no_grad():
+            teacher_logits = teacher(x).float()
+        return distillation_loss(student_logits, teacher_logits, y, temperature=temperature, alpha=alpha, kind=kind,
+                                 label_smoothing=config.label_smoothing)
+
+    return train(student, data, config=config, seed=seed, test_data=test_data, device=device, progress=progress,
+                 desc=desc, loss_fn=loss_fn)

@@ -1,0 +1,114 @@
+import pytest
+import torch
+from torch import nn
+
+from helpers.alignment import permutation_spec, permute_model, random_permutations, repair, weight_matching
+from helpers.averaging import interpolate, recalibration_batches
+from helpers.models import course_cnn, student_cnn
+from helpers.repro import seed_everything
+
+
+def _mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 24), nn.BatchNorm1d(24),
+                         nn.GELU(), nn.Linear(24, 10))
+
+
+def _vgg():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+                         nn.Flatten(), nn.Linear(16 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 10))
+
+
+MAKERS = {"mlp": (_mlp, (3, 8, 8)), "vgg": (_vgg, (3, 8, 8)), "course": (lambda: course_cnn(0.25), (3, 32, 32)),
+          "student": (lambda: student_cnn(0.5), (3, 32, 32))}
+
+
+def _model(kind, seed):
+    make, shape = MAKERS[kind]
+    seed_everything(seed)
+    model = make()
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(16, *shape))  # non-trivial BatchNorm statistics
+    return model.eval(), shape
+
+
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_permuting_hidden_units_keeps_the_function(kind):
+    model, shape = _model(kind, 0)
+    x = torch.randn(5, *shape)
+    permuted = permute_model(model, random_permutations(model, seed=1))
+    assert not torch.equal(next(permuted.parameters()), next(model.parameters()))
+    assert torch.allclose(permuted(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_weight_matching_recovers_a_random_permutation(kind):
+    model, shape = _model(kind, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shuffled = permute_model(model, random_permutations(model, seed=2))
+    aligned = weight_matching(model, shuffled)
+    for key, value in model.state_dict().items():
+        assert torch.allclose(aligned.state_dict()[key].float(), value.float(), atol=1e-6), key
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)  # inputs unchanged
+
+
+@pytest.mark.parametrize("kind", ["mlp", "vgg", "course"])
+def test_alignment_keeps_model_b_function_and_input(kind):
+    a, shape = _model(kind, 0)
+    b, _ = _model(kind, 1)
+    b_before = {k: v.clone() for k, v in b.state_dict().items()}
+    aligned = weight_matching(a, b)
+    x = torch.randn(5, *shape)
+    assert torch.allclose(aligned(x), b(x), atol=1e-5)
+    assert all(torch.equal(b_before[k], b.state_dict()[k]) for k in b_before)
+    # Alignment moves b towards a in weight space.
+    dist = lambda m: sum(float((p - q).detach().norm() ** 2) for p, q in zip(a.parameters(), m.parameters()))
+    assert dist(aligned) < dist(b)
+
+
+def test_unsupported_module_is_named():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Residual(), nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(ValueError, match=r"unsupported module 1 \(Residual\)"):
+        permutation_spec(model)
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        permutation_spec(nn.Module())
+    mismatched = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    other = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    with pytest.raises(ValueError, match=r"key '0.weight' has shape \(8, 4\)"):
+        weight_matching(mismatched, other)
+
+
+def test_repair_sets_interpolated_channel_statistics(tiny_data):
+    from helpers.training import TrainConfig, train
+    # Briefly trained models: in untrained deep layers the variances are below BatchNorm's eps.
+    a, _ = _model("course", 0)
+    b, _ = _model("course", 1)
+    for m, seed in ((a, 0), (b, 1)):
+        train(m, tiny_data.train, config=TrainConfig(num_epochs=1, batch_size=64, lr=0.05), seed=seed,
+              progress=False, device="cpu")
+        m.eval()
+    b = weight_matching(a, b)
+    merged = interpolate(a, b, 0.5)
+    batches = recalibration_batches(tiny_data.train, num_images=256, batch_size=64)
+    repair(merged, a, b, batches, alpha=0.5, device="cpu", precision="fp32")
+    from helpers.alignment import _bn_output_stats
+    sa = _bn_output_stats(a, batches, torch.device("cpu"), "fp32")
+    sb = _bn_output_stats(b, batches, torch.device("cpu"), "fp32")
+    sm = _bn_output_stats(merged, batches, torch.device("cpu"), "fp32")
+    for name in sm:
+        assert torch.allclose(sm[name][1], (sa[name][1] + sb[name][1]) / 2, rtol=0.05, atol=1e-3), name
+        assert torch.allclose(sm[name][0], (sa[name][0] + sb[name][0]) / 2, atol=0.05), name
+    with pytest.raises(ValueError, match="BatchNorm"):
+        plain = nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))
+        repair(plain, plain, plain, batches)
+

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from helpers.data import dirichlet_split, iid_split
+from helpers.federated import fedavg
+from helpers.models import course_cnn
+from helpers.repro import seed_everything
+from helpers.training import TrainConfig, train
+
+CONFIG = TrainConfig(num_epochs=1, batch_size=64, lr=0.1)
+
+
+def _model():
+    seed_everything(0)
+    return course_cnn(0.25)
+
+
+def test_one_client_one_round_equals_plain_training(tiny_data):
+    fed = _model()
+    fedavg(fed, [tiny_data.train], rounds=1, local_epochs=2, config=CONFIG, seed=3, progress=False, device="cpu")
+    plain = _model()
+    train(plain, tiny_data.train, config=TrainConfig(num_epochs=2, batch_size=64, lr=0.1), seed=3 * 1000,
+          progress=False, device="cpu")
+    for (k, a), b in zip(fed.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_identical_clients_give_the_same_result_as_one(tiny_data):
+    one = _model()
+    fedavg(one, [tiny_data.train], rounds=2, local_epochs=1, config=CONFIG, client_seeds=[7], progress=False,
+           device="cpu")
+    three = _model()
+    fedavg(three, [tiny_data.train] * 3, rounds=2, local_epochs=1, config=CONFIG, client_seeds=[7, 7, 7],
+           progress=False, device="cpu")
+    for (k, a), b in zip(one.state_dict().items(), three.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-7), k
+
+
+def test_clients_are_weighted_by_sample_count(tiny_data, monkeypatch):
+    import helpers.federated as fed
+    seen = {}
+    real = fed.average_state_dicts
+
+    def spy(states, weights=None):
+        seen["weights"] = list(weights)
+        return real(states, weights)
+
+    monkeypatch.setattr(fed, "average_state_dicts", spy)
+    parts = [tiny_data.train.subset(range(0, 384)), tiny_data.train.subset(range(384, 512))]
+    history = fedavg(_model(), parts, rounds=1, local_epochs=1, config=CONFIG, progress=False, device="cpu",
+                     test_data=tiny_data.test)
+    assert seen["weights"] == [384, 128]
+    assert len(history.test_accuracy) == 1 and history.epoch == [1]
+
+
+def test_fedavg_learns_on_iid_and_skewed_clients(tiny_data):
+    for parts in (iid_split(tiny_data.train, 2, seed=0), dirichlet_split(tiny_data.train, 2, alpha=0.5, seed=0)):
+        model = _model()
+        history = fedavg(model, parts, rounds=2, local_epochs=1, config=CONFIG, progress=False, device="cpu",
+                         test_data=tiny_data.test)
+        assert history.test_accuracy[-1] > 0.2  # chance is 0.1
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="rounds"):
+        fedavg(_model(), [], rounds=0, local_epochs=1, config=CONFIG)
+    with pytest.raises(ValueError, match="client"):
+        fedavg(_model(), [], rounds=1, local_epochs=1, config=CONFIG)
