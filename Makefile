@@ -33,9 +33,13 @@ run: venv
 # Hermetic: synthetic data, no network, fresh checkpoints; CIFAR10_DIR is ignored here.
 test: venv
 	env -u CIFAR10_DIR HELPERS_PRESET=smoke HELPERS_DOWNLOAD=0 $(PY) -m pytest tests -q
-	rm -rf build/smoke-checkpoints
+	rm -rf build/smoke-checkpoints results/smoke
 	env -u CIFAR10_DIR HELPERS_PRESET=smoke HELPERS_DOWNLOAD=0 HELPERS_CHECKPOINT_DIR=build/smoke-checkpoints \
 	  $(PY) -m pytest --nbval-lax -q $(NOTEBOOKS)
+	@missing=""; for nb in $(NOTEBOOKS); do stem=$$(basename $$nb .ipynb); \
+	  test -f results/smoke/$$stem.json || missing="$$missing $$stem"; done; \
+	  if [ -n "$$missing" ]; then echo "notebooks that wrote no results/smoke/*.json:$$missing"; exit 1; fi; \
+	  echo "every notebook wrote its results file (smoke)"
 
 benchmark: venv
 	$(PY) benchmarks/train_speed.py

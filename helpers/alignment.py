@@ -32,7 +32,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from helpers.averaging import check_compatible, recalibrate_batchnorm
+from helpers.averaging import check_compatible, has_batchnorm, recalibrate_batchnorm
 from helpers.training import autocast, resolve_precision
 
 PASS_THROUGH = (
@@ -92,6 +92,9 @@ def permutation_spec(model: nn.Module) -> list[PermGroup]:
         elif isinstance(module, NORMS):
             if current is None:
                 raise ValueError(f"{name} ({type(module).__name__}) comes before any Linear/Conv layer")
+            if flattened:
+                raise ValueError(f"unsupported module {name} ({type(module).__name__}) between Flatten and the next "
+                                 "layer: its features mix channels and positions")
             current.outputs += [f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")
                                 if getattr(module, k, None) is not None]
         elif isinstance(module, nn.Flatten):
@@ -232,20 +235,23 @@ def repair(merged: nn.Module, model_a: nn.Module, model_b: nn.Module, batches: I
            device: torch.device | str | None = None, precision: str = "auto") -> nn.Module:
     """REPAIR for models with BatchNorm (in place on `merged`; returns it).
 
-    1. reset BatchNorm statistics of `merged` on `batches` (training images);
-    2. for every BatchNorm layer, set its affine weight and bias so that each output channel's mean
-       and std become (1 - alpha) * endpoint A's + alpha * endpoint B's, measured on `batches`
-       (model_b must already be aligned to model_a, so that channel i means the same unit in both);
-    3. reset the statistics again, since the layers after each BatchNorm now see rescaled inputs.
-    Models without BatchNorm are refused: REPAIR would then need new rescaling layers."""
+    1. measure each BatchNorm output channel's mean and std in both endpoints on `batches`
+       (training images; model_b must already be aligned to model_a, so channel i is the same unit);
+    2. set each BatchNorm layer's affine weight and bias to (1 - alpha) * A's + alpha * B's std and
+       mean: with fresh statistics a BatchNorm output channel has std |weight| and mean bias;
+    3. reset all BatchNorm statistics of `merged` on `batches`, which makes step 2 hold.
+    On BatchNorm networks this is a BatchNorm reset that also interpolates the endpoints' output scale
+    and offset per channel. Models without BatchNorm are refused: REPAIR would then need new
+    rescaling layers. `model_a` and `model_b` are not changed (they are copied if on another device)."""
     batches = list(batches)
-    if not any(isinstance(m, NORMS) for m in merged.modules()):
+    if not has_batchnorm(merged):
         raise ValueError("repair() works through BatchNorm layers, and this model has none")
     device = torch.device(device) if device is not None else next(merged.parameters()).device
     precision = resolve_precision(precision, device)
-    stats_a = _bn_output_stats(model_a.to(device), batches, device, precision)
-    stats_b = _bn_output_stats(model_b.to(device), batches, device, precision)
-    recalibrate_batchnorm(merged, batches, device=device, precision=precision)
+    on_device = lambda m: m if next(m.parameters()).device == device else copy.deepcopy(m).to(device)
+    stats_a = _bn_output_stats(on_device(model_a), batches, device, precision)
+    stats_b = _bn_output_stats(on_device(model_b), batches, device, precision)
+    merged.to(device)
     for name, module in merged.named_modules():
         if isinstance(module, NORMS) and module.affine:
             (mean_a, std_a), (mean_b, std_b) = stats_a[name], stats_b[name]

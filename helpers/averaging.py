@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from helpers.data import TensorData, iterate_batches
-from helpers.training import autocast, evaluate, resolve_precision
+from helpers.training import autocast, evaluate, model_device, resolve_precision
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -123,7 +123,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device: torch.
     This is `torch.optim.swa_utils.update_bn` (reset the statistics, then a cumulative average
     over all batches, then restore momentum and training mode), run under the same autocast as
     training so it costs about one forward pass per image."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
+    model.to(device)
     with autocast(device, resolve_precision(precision, device)):
         update_bn(batches, model, device=device)
     return model

@@ -77,7 +77,8 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any) -> H
         stored_config = json.loads(blob["config"])
         fmt = blob["format"]
         state = blob["state_dict"]
-        history = json.loads(blob["history"])
+        history_dict = json.loads(blob["history"])
+        history = History.from_dict(history_dict) if history_dict is not None else History()
     except Exception as exc:  # noqa: BLE001 - any unreadable file is retrained; the reason is shown
         print(f"Checkpoint {path.name} is corrupt ({type(exc).__name__}: {str(exc)[:200]}); retraining.")
         return None
@@ -92,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any) -> H
         print(f"Checkpoint {path.name} is stale (its weights do not fit the model at {what!r}); retraining.")
         return None
     model.load_state_dict(state)
-    return History.from_dict(history) if history is not None else History()
+    return history
 
 
 def train_or_load(name: str, config: Any, build: Callable[[], nn.Module], fit: Callable[[nn.Module], History], *,

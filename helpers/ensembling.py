@@ -35,10 +35,11 @@ COMBINE_RULES = ("mean_logits", "mean_probs", "vote")
 
 
 def same_architecture(models: Sequence[nn.Module]) -> bool:
-    """True when all models have the same class and the same state-dict keys, shapes and dtypes."""
+    """True when all models have the same class, module structure (repr: layer types and their
+    settings, e.g. ReLU vs GELU, padding) and state-dict keys, shapes and dtypes."""
     first = models[0].state_dict()
     for m in models[1:]:
-        if type(m) is not type(models[0]):
+        if type(m) is not type(models[0]) or repr(m) != repr(models[0]):
             return False
         sd = m.state_dict()
         if sd.keys() != first.keys() or any(sd[k].shape != first[k].shape or sd[k].dtype != first[k].dtype
@@ -51,7 +52,10 @@ class Ensemble(nn.Module):
     """Combine the predictions of `models` (see the module docstring for `combine`).
 
     weights: one per member, finite and >= 0 (normalised; default uniform).
-    batched: None picks the vmap path when all members share an architecture; True / False forces it.
+    batched: True runs members of one architecture through `torch.func.vmap`; False loops over them;
+        None (default) uses vmap only when it can and the input is on a GPU. On the CPU the loop is
+        faster: vmap turns each conv into a grouped conv, which oneDNN runs far slower (about 10x for
+        two course models, see `benchmarks/ensemble_speed.py`).
     """
 
     def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None,
@@ -68,7 +72,8 @@ class Ensemble(nn.Module):
         can_batch = same_architecture(list(models))
         if batched and not can_batch:
             raise ValueError("batched=True needs members of one architecture (same class, keys and shapes)")
-        self.batched = can_batch if batched is None else bool(batched)
+        self.can_batch = can_batch
+        self.batched = batched
         self.members.eval()
 
     def train(self, mode: bool = True) -> "Ensemble":
@@ -81,8 +86,14 @@ class Ensemble(nn.Module):
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's logits: (M, N, C)."""
         self.members.eval()
-        if not self.batched or len(self.members) == 1:
-            return torch.stack([m(x) for m in self.members])
+        use_vmap = self.batched if self.batched is not None else (self.can_batch and x.is_cuda)
+        if not use_vmap or len(self.members) == 1:
+            outs = [m(x) for m in self.members]
+            for i, out in enumerate(outs):
+                if out.shape != outs[0].shape:
+                    raise ValueError(f"member {i} ({type(self.members[i]).__name__}) outputs {tuple(out.shape)}, "
+                                     f"member 0 outputs {tuple(outs[0].shape)}; members must predict the same classes")
+            return torch.stack(outs)
         params, buffers = stack_module_state(list(self.members))
         base = copy.deepcopy(self.members[0]).to("meta")
 

@@ -24,7 +24,7 @@ from helpers.checkpoints import train_or_load
 from helpers.data import CIFAR10, TensorData, dirichlet_split
 from helpers.models import course_cnn, student_cnn
 from helpers.presets import Preset
-from helpers.repro import seed_everything
+from helpers.repro import pick_device, seed_everything
 from helpers.training import History, TrainConfig, train
 
 PAIR_KINDS = ("independent", "shared_init", "spawned", "disjoint")
@@ -80,12 +80,17 @@ def select_subset(data: CIFAR10, subset: str) -> TensorData:
     raise ValueError(f"unknown subset {subset!r}")
 
 
-def train_run(config: RunConfig, data: CIFAR10, *, name: str, progress: bool = True) -> tuple[nn.Module, History]:
-    """Train (or load) the model described by `config`; histories of spawned runs include the parent's."""
+def train_run(config: RunConfig, data: CIFAR10, *, name: str, parent_name: str | None = None,
+              progress: bool = True) -> tuple[nn.Module, History]:
+    """Train (or load) the model described by `config`; histories of spawned runs include the parent's.
+
+    parent_name: checkpoint name of `config.parent` (default `<name>-parent`). Siblings must pass the
+    same name, so that they load one parent instead of each training their own."""
     train_data = select_subset(data, config.subset)
     parent_history = None
     if config.parent is not None:
-        parent, parent_history = train_run(config.parent, data, name=f"{name}-parent", progress=progress)
+        parent, parent_history = train_run(config.parent, data, name=parent_name or f"{name}-parent",
+                                           progress=progress)
 
     def build() -> nn.Module:
         model = build_model(config.arch, config.width, config.init_seed)
@@ -101,7 +106,7 @@ def train_run(config: RunConfig, data: CIFAR10, *, name: str, progress: bool = T
     model, history = train_or_load(name, config, build, fit)
     if parent_history is not None:
         history = parent_history.then(history)
-    return model.eval(), history
+    return model.to(pick_device()).eval(), history
 
 
 def pair_configs(kind: str, preset: Preset, data: CIFAR10) -> tuple[RunConfig, RunConfig]:
@@ -125,8 +130,9 @@ def pair_configs(kind: str, preset: Preset, data: CIFAR10) -> tuple[RunConfig, R
 def get_pair(kind: str, preset: Preset, data: CIFAR10, *, progress: bool = True) -> Pair:
     """The trained pair `kind` (one of `PAIR_KINDS`) for `preset`, from the cache or trained now."""
     config_a, config_b = pair_configs(kind, preset, data)
-    model_a, history_a = train_run(config_a, data, name=f"{preset.name}-{kind}-a", progress=progress)
-    model_b, history_b = train_run(config_b, data, name=f"{preset.name}-{kind}-b", progress=progress)
+    parent = f"{preset.name}-{kind}-parent"
+    model_a, history_a = train_run(config_a, data, name=f"{preset.name}-{kind}-a", parent_name=parent, progress=progress)
+    model_b, history_b = train_run(config_b, data, name=f"{preset.name}-{kind}-b", parent_name=parent, progress=progress)
     return Pair(kind, model_a, model_b, history_a, history_b,
                 select_subset(data, config_a.subset), select_subset(data, config_b.subset))
 
@@ -140,7 +146,8 @@ def get_spawned_children(preset: Preset, data: CIFAR10, num_children: int, *,
     for i in range(num_children):
         suffix = "ab"[i] if i < 2 else f"c{i}"
         children.append(train_run(replace(config_a, data_seed=config_a.data_seed + i), data,
-                                  name=f"{preset.name}-spawned-{suffix}", progress=progress))
+                                  name=f"{preset.name}-spawned-{suffix}", parent_name=f"{preset.name}-spawned-parent",
+                                  progress=progress))
     return children
 
 
@@ -201,7 +208,7 @@ def get_distilled_student(preset: Preset, data: CIFAR10, *, teacher: str = "ense
 
     name = f"{preset.name}-kd-{teacher}-{kind}-s{seed}"
     model, history = train_or_load(name, run, build, fit)
-    return model.eval(), history
+    return model.to(pick_device()).eval(), history
 
 
 def get_joint(preset: Preset, data: CIFAR10, *, progress: bool = True) -> tuple[nn.Module, History]:

@@ -216,8 +216,10 @@ def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int 
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = 1000,
                    device: torch.device | str | None = None, precision: str = "auto") -> torch.Tensor:
-    """Logits (N, C) as float32 on the CPU, in eval mode (the model's mode is restored after)."""
-    device = torch.device(device) if device is not None else _model_device(model)
+    """Logits (N, C) as float32 on the CPU, in eval mode (the model's mode is restored after).
+    `device`: where to run (the model is moved there); default: where the model's parameters are."""
+    device = torch.device(device) if device is not None else model_device(model)
+    model.to(device)
     precision = resolve_precision(precision, device)
     was_training = model.training
     model.eval()
@@ -242,7 +244,8 @@ def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 1000,
     }
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 

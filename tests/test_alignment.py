@@ -112,3 +112,19 @@ def test_repair_sets_interpolated_channel_statistics(tiny_data):
         plain = nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))
         repair(plain, plain, plain, batches)
 
+
+def test_repair_leaves_the_endpoints_unchanged(tiny_data):
+    a, _ = _model("course", 0)
+    b, _ = _model("course", 1)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (a, b)]
+    batches = recalibration_batches(tiny_data.train, num_images=128, batch_size=64)
+    repair(interpolate(a, b, 0.5), a, b, batches, device="cpu")
+    for m, snap in zip((a, b), before):
+        assert all(torch.equal(snap[k], v) for k, v in m.state_dict().items())
+
+
+def test_batchnorm_after_flatten_is_refused_by_name():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.BatchNorm1d(4 * 6 * 6), nn.Linear(4 * 6 * 6, 10))
+    with pytest.raises(ValueError, match=r"unsupported module 2 \(BatchNorm1d\) between Flatten"):
+        permutation_spec(model)
+

@@ -76,26 +76,51 @@ def test_vote_majority_and_deterministic_ties():
 @pytest.mark.parametrize("combine", ["mean_logits", "mean_probs", "vote"])
 def test_vmap_path_equals_loop_path(combine):
     models = _models(4)
-    batched = Ensemble(models, combine=combine)
+    batched = Ensemble(models, combine=combine, batched=True)
     looped = Ensemble(models, combine=combine, batched=False)
-    assert batched.batched and not looped.batched
+    assert batched.can_batch
     assert torch.allclose(batched(X), looped(X), atol=1e-4)
+
+
+def test_automatic_path_uses_the_loop_on_cpu(monkeypatch):
+    models = _models(2)
+    ens = Ensemble(models)  # batched=None: vmap only for GPU inputs
+    calls = []
+    monkeypatch.setattr("helpers.ensembling.torch.vmap", lambda *a, **k: calls.append(1) or (lambda *x: None))
+    ens(X)
+    assert ens.can_batch and calls == []
 
 
 def test_mixed_architectures_use_the_loop():
     models = _models(1) + _models(1, make=lambda: student_cnn(0.5))
     ens = Ensemble(models)
-    assert not ens.batched
+    assert not ens.can_batch
     assert ens(X).shape == (8, 10)
     with pytest.raises(ValueError, match="one architecture"):
         Ensemble(models, batched=True)
+
+
+def test_structurally_different_members_are_not_batched():
+    from torch import nn
+    def make(act):
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), act(), nn.Linear(16, 10))
+    relu, gelu = make(nn.ReLU), make(nn.GELU)  # same state-dict layout, different functions
+    ens = Ensemble([relu, gelu])
+    assert not ens.can_batch
+    assert torch.allclose(ens(X), (relu(X) + gelu(X)) / 2, atol=1e-5)
+
+
+def test_members_with_different_class_counts_fail_clearly():
+    with pytest.raises(ValueError, match=r"member 1 \(CNN\) outputs \(8, 7\)"):
+        Ensemble([course_cnn(0.25), course_cnn(0.25, num_classes=7)], batched=False)(X)
 
 
 def test_no_gradients_reach_members_and_members_stay_in_eval():
     models = _models(2)
     ens = Ensemble(models).train()
     assert all(not m.training for m in models)
-    out = ens(X.requires_grad_(False))
+    x = X.clone().requires_grad_(True)  # even with a differentiable input, no graph reaches the members
+    out = ens(x)
     assert not out.requires_grad
     student = course_cnn(0.25)
     loss = F.mse_loss(student(X), out)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers.data import dirichlet_split, iid_split
+from helpers.data import dirichlet_split, iid_split, synthetic_cifar
 from helpers.federated import fedavg
 from helpers.models import course_cnn
 from helpers.repro import seed_everything
@@ -66,3 +66,5 @@ def test_bad_arguments():
         fedavg(_model(), [], rounds=0, local_epochs=1, config=CONFIG)
     with pytest.raises(ValueError, match="client"):
         fedavg(_model(), [], rounds=1, local_epochs=1, config=CONFIG)
+    with pytest.raises(ValueError, match="2 client seeds for 1 clients"):
+        fedavg(_model(), [synthetic_cifar(128, 8).train], rounds=1, local_epochs=1, config=CONFIG, client_seeds=[1, 2])

@@ -49,9 +49,9 @@ def test_history_records_every_epoch_and_round_trips(tiny_data):
     assert both.epoch == [1, 2, 1, 2] and both.seconds[-1] == pytest.approx(2 * h.seconds[-1])
 
 
-def test_partial_schedule_resumes_where_full_run_would(tiny_data):
-    """Epochs 0-1 then 1-2 from a copy equal one uninterrupted run when momentum restarts are
-    excluded (lr equal at each step); here we check the learning rates line up."""
+def test_partial_schedule_keeps_the_full_runs_learning_rates(tiny_data):
+    """Epochs 0-1 then 1-2 follow the learning rates of one uninterrupted run (the optimiser's
+    momentum restarts, so the weights differ slightly; spawned children rely on the schedule)."""
     seed_everything(0)
     model = student_cnn(0.5)
     h1 = train(model, tiny_data.train, config=FAST, stop_epoch=1, progress=False, device="cpu")
