@@ -212,8 +212,14 @@ def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: boo
     if folder:
         root = resolve_user_path(folder)
         splits = _scan_image_folder(root)
-        # The cache is keyed by the folder and its file list, so a different copy is not confused with it.
-        ident = f"{root}:{len(splits['train'])}:{len(splits['test'])}:{splits['train'][-1][0].name}"
+        # The cache is keyed by every file's path, size and modification time: a different copy, or an image
+        # replaced in place, gets a new cache instead of stale tensors.
+        listing = hashlib.sha256()
+        for split in ("train", "test"):
+            for path, label in splits[split]:
+                st = path.stat()
+                listing.update(f"{path.relative_to(root)}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        ident = f"{root}:{listing.hexdigest()}"
         source = f"ImageFolder {root.name} ({root})"
         path = cache_dir / f"cifar10-folder-{_cache_key('folder', ident)}.pt"
         data = _load_cache(path, source) if cache else None

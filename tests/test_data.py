@@ -119,6 +119,20 @@ def test_image_folder_loads_in_torchvision_class_order_and_caches(tmp_path, monk
     assert not list((tmp_path / "data" / "cache").glob("*.tmp"))
 
 
+def test_replacing_an_image_in_place_rebuilds_the_cache(tmp_path, monkeypatch):
+    import os
+    from PIL import Image
+    monkeypatch.setenv("HELPERS_DATA_DIR", str(tmp_path / "data"))
+    _write_folder(tmp_path / "cifar")
+    first = load_cifar10(tmp_path / "cifar")
+    target = tmp_path / "cifar" / "train" / "airplane" / "0000.png"
+    Image.fromarray(torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()).save(target)
+    os.utime(target, ns=(1, 1))  # a different modification time, as after any edit
+    second = load_cifar10(tmp_path / "cifar")
+    assert not torch.equal(first.train.images[0], second.train.images[0])
+    assert int(second.train.images[0].sum()) == 0
+
+
 def test_image_folder_with_wrong_layout_says_what_it_expected(tmp_path):
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "img0.jpg").write_bytes(b"")
