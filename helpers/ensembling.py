@@ -159,15 +159,10 @@ def fit_weights(member_logits: torch.Tensor, labels: torch.Tensor, *, combine: s
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, *, num_bins: int = 15) -> float:
     """ECE: the |accuracy - confidence| gap, averaged over equal-width confidence bins weighted by
     their share of samples (Guo et al., 2017). probs: (N, C)."""
-    confidence, prediction = probs.max(1)
-    correct = (prediction == labels).double()
-    bins = torch.clamp((confidence * num_bins).long(), max=num_bins - 1)
-    ece = torch.zeros((), dtype=torch.float64)
-    for b in range(num_bins):
-        mask = bins == b
-        if mask.any():
-            ece += mask.double().mean() * (correct[mask].mean() - confidence[mask].double().mean()).abs()
-    return float(ece)
+    rel = reliability(probs, labels, num_bins=num_bins)
+    total = sum(rel["count"])
+    return sum(n / total * abs(acc - conf)
+               for n, acc, conf in zip(rel["count"], rel["accuracy"], rel["confidence"]) if n > 0)
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, *, num_bins: int = 15) -> dict[str, list[float]]:
