@@ -302,15 +302,20 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
+def _augment_draws(b: int, generator: torch.Generator, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random numbers `augment` draws for a batch of `b` images (shifts dy, dx and flips)."""
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    return dy, dx, torch.rand(b, generator=generator) < 0.5
+
+
 def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = 4) -> torch.Tensor:
     """Random crop (reflect padding by `pad`) and random horizontal flip, for a whole batch at once.
 
     images: (B, 3, H, W) float -> (B, 3, H, W) float in channels_last memory layout."""
     b, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
-    flip = torch.rand(b, generator=generator).to(images.device) < 0.5
+    dy, dx, flip = (t.to(images.device) for t in _augment_draws(b, generator, pad))
     rows = dy[:, None] + torch.arange(h, device=images.device)                     # (B, H)
     cols = dx[:, None] + torch.arange(w, device=images.device)                     # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)                          # flip = read columns backwards
@@ -321,17 +326,26 @@ def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = 4) -
 
 def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False, augment_images: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    drop_last: bool = False, start_batch: int = 0,
+                    stop_batch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield `(x, y)` batches: x (B, 3, 32, 32) float normalised (channels_last), y (B,) int64.
 
-    Shuffling and augmentation draw from `generator` (CPU), so a seed fixes the whole stream."""
+    Shuffling and augmentation draw from `generator` (CPU), so a seed fixes the whole stream.
+    `start_batch` / `stop_batch` yield only batches `[start_batch, stop_batch)` of that stream, the
+    same ones a full pass would yield there (skipped batches still advance the generator)."""
     if (shuffle or augment_images) and generator is None:
         raise ValueError("shuffle/augment need a seeded torch.Generator (pass generator=...)")
     device = torch.device(device) if device is not None else data.images.device
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
+    for i, start in enumerate(range(0, stop, batch_size)):
+        if stop_batch is not None and i >= stop_batch:
+            return
+        if i < start_batch:
+            if augment_images:
+                _augment_draws(len(order[start:start + batch_size]), generator, 4)
+            continue
         idx = order[start:start + batch_size].to(data.images.device)
         x = normalize(data.images[idx].to(device, non_blocking=True))
         y = data.labels[idx].to(device, non_blocking=True)

@@ -94,13 +94,23 @@ class Ensemble(nn.Module):
                     raise ValueError(f"member {i} ({type(self.members[i]).__name__}) outputs {tuple(out.shape)}, "
                                      f"member 0 outputs {tuple(outs[0].shape)}; members must predict the same classes")
             return torch.stack(outs)
-        params, buffers = stack_module_state(list(self.members))
-        base = copy.deepcopy(self.members[0]).to("meta")
+        params, buffers, base = self._stacked()
 
         def one(p, b, inp):
             return functional_call(base, (p, b), (inp,))
 
         return torch.vmap(one, in_dims=(0, 0, None))(params, buffers, x)
+
+    def _stacked(self):
+        """The members' weights stacked for vmap, rebuilt only when a member's tensors change
+        (keyed by each tensor's identity, version counter, storage, device and dtype)."""
+        tensors = [t for m in self.members for t in (*m.parameters(), *m.buffers())]
+        key = tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype) for t in tensors)
+        if getattr(self, "_stack_key", None) != key:
+            params, buffers = stack_module_state(list(self.members))
+            self._stack = (params, buffers, copy.deepcopy(self.members[0]).to("meta"))
+            self._stack_key = key
+        return self._stack
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -51,12 +51,12 @@ PRESETS: dict[str, Preset] = {
         train=TrainConfig(num_epochs=2, batch_size=128, lr=0.1, label_smoothing=0.1),
         spawn_epoch=1, num_seeds=2, soup_size=3,
     ),
-    # Measured on 2 cores of a Xeon (Sapphire Rapids, bf16 via AMX), CIFAR-10 JPEG copy:
-    # ~84% test accuracy in ~130 s per model (benchmarks/train_speed.py has the current figure).
+    # Sized so that `make run` (every notebook, cold cache) fits in 45 minutes on 2 cores of a Xeon
+    # (Sapphire Rapids, bf16 via AMX); benchmarks/train_speed.py has the current per-model figure.
     "cpu": Preset(
         name="cpu", data="cifar10", width=0.5, student_width=0.5,
-        train=TrainConfig(num_epochs=8, batch_size=256, lr=0.2),
-        spawn_epoch=2, num_seeds=3, soup_size=4,
+        train=TrainConfig(num_epochs=6, batch_size=256, lr=0.2),
+        spawn_epoch=2, num_seeds=3, soup_size=3,
     ),
     "gpu": Preset(
         name="gpu", data="cifar10", width=2.0, student_width=1.0,

@@ -12,6 +12,7 @@ float32 elsewhere (on a CPU without bf16 units, bf16 would be emulated and slowe
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 import torch
@@ -140,7 +141,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
 def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int = 0,
           test_data: TensorData | None = None, device: torch.device | str | None = None,
           start_epoch: int = 0, stop_epoch: int | None = None, progress: bool = True,
-          desc: str = "train", loss_fn=None) -> History:
+          desc: str = "train", loss_fn=None, part: tuple[int, int] = (0, 1),
+          optimizer_state: dict | None = None) -> History:
     """Train `model` in place on `data` and return its `History`.
 
     seed: fixes the data order and augmentation (not the initial weights: seed before building
@@ -148,6 +150,12 @@ def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int 
         learning rate where the full `config.num_epochs` schedule would have it (spawned children).
     test_data: evaluated after every epoch (not counted in the training time).
     loss_fn: `loss_fn(logits, x, y) -> loss` replaces cross-entropy (distillation uses it).
+    part: `(i, k)` runs only the i-th of k equal slices of each epoch's batches, with the batches and
+        learning rates a full run has there (federated rounds shorter than an epoch use it). Each call
+        starts a fresh optimiser, so k calls i = 0..k-1 equal one full epoch only without momentum.
+    optimizer_state: a dict to carry the optimiser's state (momentum) across calls: loaded from if
+        it holds a state, and refilled with the state at the end. With it, k calls i = 0..k-1 equal
+        one full epoch exactly.
     """
     device = torch.device(device) if device is not None else pick_device()
     precision = resolve_precision(config.precision, device)
@@ -160,12 +168,18 @@ def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int 
     model.to(device=device, memory_format=torch.channels_last)
     data_on_device = data.to(device)
     optimizer = make_optimizer(model, config)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
     steps_per_epoch = num_batches(len(data), config.batch_size, drop_last=True)
     total_steps = steps_per_epoch * config.num_epochs
+    index, slices = part
+    if not 0 <= index < slices <= steps_per_epoch:
+        raise ValueError(f"part must be (i, k) with 0 <= i < k <= {steps_per_epoch} (batches per epoch), got {part}")
+    first, last = index * steps_per_epoch // slices, (index + 1) * steps_per_epoch // slices
     # One stream per (seed, epoch): a child resumed at epoch k sees what a full run would from epoch k.
     history = History(precision=precision, device=str(device))
     elapsed = 0.0
-    bar = tqdm(total=steps_per_epoch * (stop_epoch - start_epoch), desc=desc, unit="step",
+    bar = tqdm(total=(last - first) * (stop_epoch - start_epoch), desc=desc, unit="step",
                disable=not progress, mininterval=0.5, leave=False)
     try:
         for epoch in range(start_epoch, stop_epoch):
@@ -176,8 +190,9 @@ def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int 
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             batches = iterate_batches(data_on_device, config.batch_size, shuffle=True, augment_images=config.augment,
-                                      generator=generator, device=device, drop_last=True)
-            for i, (x, y) in enumerate(batches):
+                                      generator=generator, device=device, drop_last=True,
+                                      start_batch=first, stop_batch=last)
+            for i, (x, y) in enumerate(batches, start=first):
                 lr = lr_at(epoch * steps_per_epoch + i, total_steps, config.lr, config.warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -210,6 +225,9 @@ def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int 
             bar.set_postfix(postfix)
     finally:
         bar.close()
+    if optimizer_state is not None:
+        optimizer_state.clear()
+        optimizer_state.update(copy.deepcopy(optimizer.state_dict()))
     return history
 
 

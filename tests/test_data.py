@@ -29,6 +29,18 @@ def test_batches_cover_data_once_and_are_normalised(tiny_data):
     assert torch.allclose(x, normalize(tiny_data.train.images))
 
 
+def test_batch_slices_are_the_full_streams_batches(tiny_data):
+    def stream(**kw):
+        g = torch.Generator().manual_seed(3)
+        return list(iterate_batches(tiny_data.train, 100, shuffle=True, augment_images=True, generator=g,
+                                    drop_last=True, **kw))
+    full = stream()
+    parts = stream(stop_batch=2) + stream(start_batch=2, stop_batch=3) + stream(start_batch=3)
+    assert len(parts) == len(full) == 5
+    for (xa, ya), (xb, yb) in zip(parts, full):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
 def test_batches_drop_last_and_need_generator(tiny_data):
     assert len(list(iterate_batches(tiny_data.train, 100, drop_last=True))) == 5
     with pytest.raises(ValueError, match="generator"):

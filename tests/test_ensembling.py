@@ -82,6 +82,20 @@ def test_vmap_path_equals_loop_path(combine):
     assert torch.allclose(batched(X), looped(X), atol=1e-4)
 
 
+def test_vmap_path_follows_members_changed_after_the_first_call():
+    models = _models(2)
+    batched = Ensemble(models, batched=True)
+    before = batched(X).clone()
+    with torch.no_grad():
+        for p in models[1].parameters():
+            p.mul_(0.5)                         # in place: the stacked copy is now stale
+    after = batched(X)
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, Ensemble(models, batched=False)(X), atol=1e-4)
+    models[0].load_state_dict(models[1].state_dict())
+    assert torch.allclose(batched(X), Ensemble(models, batched=False)(X), atol=1e-4)
+
+
 def test_automatic_path_uses_the_loop_on_cpu(monkeypatch):
     models = _models(2)
     ens = Ensemble(models)  # batched=None: vmap only for GPU inputs

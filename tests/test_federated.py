@@ -61,6 +61,24 @@ def test_fedavg_learns_on_iid_and_skewed_clients(tiny_data):
         assert history.test_accuracy[-1] > 0.2  # chance is 0.1
 
 
+def test_rounds_shorter_than_an_epoch_use_every_batch_once_and_record_epochs(tiny_data, monkeypatch):
+    import helpers.federated as fed
+    calls = []
+    real = fed.train
+
+    def spy(model, data, **kw):
+        calls.append((kw["start_epoch"], kw.get("part")))
+        return real(model, data, **kw)
+
+    monkeypatch.setattr(fed, "train", spy)
+    parts = iid_split(tiny_data.train, 2, seed=0)
+    history = fedavg(_model(), parts, rounds=6, averages_per_epoch=3, config=CONFIG, progress=False, device="cpu",
+                     test_data=tiny_data.test)
+    assert calls == [(r // 3, (r % 3, 3)) for r in range(6) for _ in parts]
+    assert history.epoch == [1, 2] and len(history.test_accuracy) == 2
+    assert history.images_seen == 2 * sum(len(p) // 64 * 64 for p in parts)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="rounds"):
         fedavg(_model(), [], rounds=0, local_epochs=1, config=CONFIG)
@@ -68,3 +86,5 @@ def test_bad_arguments():
         fedavg(_model(), [], rounds=1, local_epochs=1, config=CONFIG)
     with pytest.raises(ValueError, match="2 client seeds for 1 clients"):
         fedavg(_model(), [synthetic_cifar(128, 8).train], rounds=1, local_epochs=1, config=CONFIG, client_seeds=[1, 2])
+    with pytest.raises(ValueError, match="averages_per_epoch"):
+        fedavg(_model(), [synthetic_cifar(128, 8).train], rounds=3, averages_per_epoch=2, config=CONFIG)

@@ -63,6 +63,25 @@ def test_partial_schedule_keeps_the_full_runs_learning_rates(tiny_data):
         train(model, tiny_data.train, config=FAST, start_epoch=2, progress=False)
 
 
+def test_epoch_in_parts_equals_one_epoch_without_momentum(tiny_data):
+    """part=(i, k) runs slice i of k of an epoch with the full run's batches and learning rates;
+    without momentum (no optimiser state to restart) k parts give exactly one epoch's weights."""
+    config = TrainConfig(num_epochs=2, batch_size=64, lr=0.05, momentum=0.0)
+    seed_everything(0)
+    parts = student_cnn(0.5)
+    lrs = []
+    for i in range(3):
+        lrs += train(parts, tiny_data.train, config=config, stop_epoch=1, part=(i, 3), progress=False, device="cpu").lr
+    seed_everything(0)
+    whole = student_cnn(0.5)
+    history = train(whole, tiny_data.train, config=config, stop_epoch=1, progress=False, device="cpu")
+    for (k, a), b in zip(parts.state_dict().items(), whole.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    assert len(set(lrs)) == 3 and lrs[-1] == history.lr[0]  # the last slice ends where the epoch ends
+    with pytest.raises(ValueError, match="part"):
+        train(parts, tiny_data.train, config=config, part=(3, 3), progress=False)
+
+
 def test_lr_schedule_warms_up_then_decays_to_zero():
     lrs = [lr_at(s, 100, 1.0, 0.2) for s in range(100)]
     assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 19
