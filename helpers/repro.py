@@ -67,13 +67,15 @@ def device_name(device: torch.device | str) -> str:
 
 
 def git_commit() -> str | None:
-    """The project's current git commit (with '+dirty' if the tree has changes), or None."""
+    """The project's current git commit, with '+dirty' if tracked files other than `results/` (what
+    the notebooks themselves write) have uncommitted changes; None outside a git checkout."""
     root = project_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], cwd=root, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
