@@ -10,9 +10,9 @@
   probability, then to the lower class index (deterministic).
 
 Members are always evaluated in eval mode and under `torch.no_grad()`: an ensemble is used, never
-trained through. Members of one architecture run together through `torch.func`
-(`stack_module_state` + `functional_call` + `vmap`); mixed architectures run in a loop. Both give
-the same outputs (tested).
+trained through. Members run in a loop; with `batched=True`, members of one architecture run
+together through `torch.func` (`stack_module_state` + `functional_call` + `vmap`) instead. Both
+give the same outputs (tested); the loop is faster on the CPU and the GPU we measured.
 
 Also here: `fit_weights` (weights chosen on a validation split by minimising NLL), and the metrics
 notebook 05 reports: accuracy, NLL, expected calibration error, disagreement, error correlation.
@@ -52,10 +52,10 @@ class Ensemble(nn.Module):
     """Combine the predictions of `models` (see the module docstring for `combine`).
 
     weights: one per member, finite and >= 0 (normalised; default uniform).
-    batched: True runs members of one architecture through `torch.func.vmap`; False loops over them;
-        None (default) uses vmap only when it can and the input is on a GPU. On the CPU the loop is
-        faster: vmap turns each conv into a grouped conv, which oneDNN runs far slower (about 10x for
-        two course models, see `benchmarks/ensemble_speed.py`).
+    batched: True runs members of one architecture through `torch.func.vmap`; False or None (default)
+        loops over them. The loop is the faster path wherever we measured it
+        (`benchmarks/ensemble_speed.py`): vmap turns each conv into a grouped conv, which reached
+        0.10-0.18x the loop's images/s on a 2-core Xeon and 0.39-0.43x on an H200 (2-8 course models).
     """
 
     def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None,
@@ -86,8 +86,7 @@ class Ensemble(nn.Module):
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's logits: (M, N, C)."""
         self.members.eval()
-        use_vmap = self.batched if self.batched is not None else (self.can_batch and x.is_cuda)
-        if not use_vmap or len(self.members) == 1:
+        if not self.batched or len(self.members) == 1:
             outs = [m(x) for m in self.members]
             for i, out in enumerate(outs):
                 if out.shape != outs[0].shape:
@@ -95,6 +94,7 @@ class Ensemble(nn.Module):
                                      f"member 0 outputs {tuple(outs[0].shape)}; members must predict the same classes")
             return torch.stack(outs)
         params, buffers, base = self._stacked()
+        x = x.contiguous()  # BatchNorm under vmap supports only the default memory format (CUDA)
 
         def one(p, b, inp):
             return functional_call(base, (p, b), (inp,))

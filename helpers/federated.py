@@ -11,7 +11,12 @@ statistics at test time. Integer counters come from the client with the most dat
 The learning rate follows one one-cycle schedule over all rounds: round r's local epochs use the
 part of a `rounds * local_epochs`-epoch schedule they correspond to. Rounds can also be shorter than
 an epoch (`averages_per_epoch=k`: each round is 1/k of a local epoch), which is how FedAvg gets close
-to training on all the data at once. Client optimisers (momentum) start fresh every round, as in FedAvg.
+to training on all the data at once. Client optimisers (momentum) start fresh every round, as in the
+original FedAvg, unless `keep_client_momentum=True` (stateful clients; `get_fedavg`'s default, which
+matters when rounds are short: at 16 rounds per epoch it was worth 1.6 points in one 8-epoch IID
+run on CIFAR-10, 80.8% -> 82.4%).
+BatchNorm recalibration of the server model after averaging was tried and changed nothing with IID
+clients (75.43% -> 75.45%), so it is not done.
 """
 
 from __future__ import annotations

@@ -96,9 +96,15 @@ def test_vmap_path_follows_members_changed_after_the_first_call():
     assert torch.allclose(batched(X), Ensemble(models, batched=False)(X), atol=1e-4)
 
 
-def test_automatic_path_uses_the_loop_on_cpu(monkeypatch):
+def test_vmap_path_accepts_channels_last_input():
     models = _models(2)
-    ens = Ensemble(models)  # batched=None: vmap only for GPU inputs
+    x = X.contiguous(memory_format=torch.channels_last)   # what iterate_batches yields
+    assert torch.allclose(Ensemble(models, batched=True)(x), Ensemble(models, batched=False)(x), atol=1e-4)
+
+
+def test_default_path_is_the_loop(monkeypatch):
+    models = _models(2)
+    ens = Ensemble(models)  # batched=None: the loop, the faster path on CPU and GPU
     calls = []
     monkeypatch.setattr("helpers.ensembling.torch.vmap", lambda *a, **k: calls.append(1) or (lambda *x: None))
     ens(X)
