@@ -14,7 +14,8 @@ trained through. Members run in a loop; with `batched=True`, members of one arch
 together through `torch.func` (`stack_module_state` + `functional_call` + `vmap`) instead. Both
 give the same outputs (tested); the loop is faster on the CPU and the GPU we measured.
 
-Also here: `fit_weights` (weights chosen on a validation split by minimising NLL), and the metrics
+Also here: `fit_weights` (weights chosen on a validation split by minimising NLL), `fit_temperature`
+(temperature scaling, likewise on a validation split), and the metrics
 notebook 05 reports: accuracy, NLL, expected calibration error, disagreement, error correlation.
 """
 
@@ -160,6 +161,20 @@ def fit_weights(member_logits: torch.Tensor, labels: torch.Tensor, *, combine: s
 
     result = minimize(objective, np.zeros(m), jac=True, method="L-BFGS-B")
     return torch.tensor(result.x).softmax(0).tolist()
+
+
+def fit_temperature(scores: torch.Tensor, labels: torch.Tensor, *, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature scaling (Guo et al., 2017): the T > 0 that minimises the NLL of `scores / T` on a
+    **validation** split. `scores` (N, C) are logits or log-probabilities (an ensemble's
+    `mean_probs` output: dividing log-probs by T and renormalising is the same power transform).
+    T < 1 sharpens an under-confident model, T > 1 softens an over-confident one; accuracy is
+    unchanged. One-dimensional, so `scipy.optimize.minimize_scalar` on log T (bounded)."""
+    from scipy.optimize import minimize_scalar
+
+    scores, labels = scores.double().cpu(), labels.cpu()
+    result = minimize_scalar(lambda log_t: float(F.cross_entropy(scores / np.exp(log_t), labels)),
+                             bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded")
+    return float(np.exp(result.x))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.ensembling import (Ensemble, classification_metrics, combine_logits, disagreement, error_correlation,
-                                expected_calibration_error, fit_weights, reliability)
+                                expected_calibration_error, fit_temperature, fit_weights, reliability)
 from helpers.models import course_cnn, student_cnn
 from helpers.repro import seed_everything
 
@@ -171,3 +171,18 @@ def test_metrics_against_hand_computed_values():
     b = torch.tensor([[1.0, 0], [0, 1], [0, 1], [1, 0]])
     assert disagreement(a, b) == 0.5
     assert error_correlation(a, a, labels) == pytest.approx(1.0)
+
+
+def test_fit_temperature_undoes_a_known_scaling():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (4000,), generator=g)
+    calibrated = torch.randn(4000, 10, generator=g)
+    calibrated[torch.arange(4000), labels] += 1.5                    # some signal
+    # Sample labels from the model itself, so that T = 1 is calibrated by construction.
+    labels = torch.multinomial(calibrated.softmax(1), 1, generator=g).squeeze(1)
+    for true_t in (0.5, 3.0):                                        # under- and over-confident
+        t = fit_temperature(calibrated / true_t, labels)
+        assert abs(t - 1 / true_t) / (1 / true_t) < 0.1, (true_t, t)
+    probs = (calibrated * 3.0).softmax(1)
+    fixed = (calibrated * 3.0 / fit_temperature(calibrated * 3.0, labels)).softmax(1)
+    assert expected_calibration_error(fixed, labels) < expected_calibration_error(probs, labels) / 2
