@@ -302,6 +302,9 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
+AUGMENT_PAD = 4  # pixels of reflect padding before the random crop
+
+
 def _augment_draws(b: int, generator: torch.Generator, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random numbers `augment` draws for a batch of `b` images (shifts dy, dx and flips)."""
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
@@ -309,7 +312,7 @@ def _augment_draws(b: int, generator: torch.Generator, pad: int) -> tuple[torch.
     return dy, dx, torch.rand(b, generator=generator) < 0.5
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = 4) -> torch.Tensor:
+def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = AUGMENT_PAD) -> torch.Tensor:
     """Random crop (reflect padding by `pad`) and random horizontal flip, for a whole batch at once.
 
     images: (B, 3, H, W) float -> (B, 3, H, W) float in channels_last memory layout."""
@@ -344,7 +347,7 @@ def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False,
             return
         if i < start_batch:
             if augment_images:
-                _augment_draws(len(order[start:start + batch_size]), generator, 4)
+                _augment_draws(len(order[start:start + batch_size]), generator, AUGMENT_PAD)
             continue
         idx = order[start:start + batch_size].to(data.images.device)
         x = normalize(data.images[idx].to(device, non_blocking=True))

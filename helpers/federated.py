@@ -75,14 +75,9 @@ def fedavg(model: nn.Module, client_datasets: Sequence[TensorData], *, rounds: i
         states, losses, accuracies, lr = [], [], [], 0.0
         for c, data in enumerate(client_datasets):
             client = copy.deepcopy(model)
-            if k == 1:
-                h = train(client, data, config=schedule, seed=client_seeds[c], device=device,
-                          start_epoch=r * local_epochs, stop_epoch=(r + 1) * local_epochs,
-                          optimizer_state=momentum[c], progress=False)
-            else:
-                h = train(client, data, config=schedule, seed=client_seeds[c], device=device,
-                          start_epoch=r // k, stop_epoch=r // k + 1, part=(r % k, k),
-                          optimizer_state=momentum[c], progress=False)
+            start = r // k * local_epochs  # round r: slice r % k of these epochs (the whole of them when k = 1)
+            h = train(client, data, config=schedule, seed=client_seeds[c], device=device, start_epoch=start,
+                      stop_epoch=start + local_epochs, part=(r % k, k), optimizer_state=momentum[c], progress=False)
             elapsed += h.train_seconds
             history.images_seen += h.images_seen
             history.precision = h.precision

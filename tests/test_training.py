@@ -114,3 +114,18 @@ def test_pick_device():
 def test_too_small_dataset_fails_clearly(tiny_data):
     with pytest.raises(ValueError, match="smaller than one batch"):
         train(course_cnn(0.25), tiny_data.test.subset(range(10)), config=FAST, progress=False)
+
+
+def test_epoch_in_parts_with_carried_momentum_equals_one_epoch(tiny_data):
+    """With `optimizer_state` carried between calls, k parts give one epoch's weights, momentum included."""
+    config = TrainConfig(num_epochs=2, batch_size=64, lr=0.05)
+    seed_everything(0)
+    parts, state = student_cnn(0.5), {}
+    for i in range(3):
+        train(parts, tiny_data.train, config=config, stop_epoch=1, part=(i, 3), optimizer_state=state,
+              progress=False, device="cpu")
+    seed_everything(0)
+    whole = student_cnn(0.5)
+    train(whole, tiny_data.train, config=config, stop_epoch=1, progress=False, device="cpu")
+    for (k, a), b in zip(parts.state_dict().items(), whole.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k
