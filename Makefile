@@ -10,15 +10,21 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: run test venv benchmark clean
 
-$(VENV)/.installed: pyproject.toml
+# One stamp per set of extras: `make run` needs the helpers + Jupyter, `make test` adds pytest/nbval.
+$(VENV)/.installed-notebooks: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[notebooks]"
 	@touch $@
 
-venv: $(VENV)/.installed
+$(VENV)/.installed-dev: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@ $(VENV)/.installed-notebooks
+
+venv: $(VENV)/.installed-dev
 
 # HELPERS_PRESET picks the budget (smoke | cpu | gpu); default: gpu with CUDA, else cpu.
-run: venv
+run: $(VENV)/.installed-notebooks
 	$(PY) -m helpers.presets
 	@preset=$$($(PY) -c "from helpers.presets import get_preset; print(get_preset().name)"); \
 	mkdir -p build/$$preset; start=$$(date +%s); \
@@ -31,7 +37,7 @@ run: venv
 	echo "make run ($$preset): all notebooks in $$(( $$(date +%s) - start )) s; results in results/$$preset/"
 
 # Hermetic: synthetic data, no network, fresh checkpoints; CIFAR10_DIR is ignored here.
-test: venv
+test: $(VENV)/.installed-dev
 	env -u CIFAR10_DIR HELPERS_PRESET=smoke HELPERS_DOWNLOAD=0 $(PY) -m pytest tests -q
 	rm -rf build/smoke-checkpoints results/smoke
 	env -u CIFAR10_DIR HELPERS_PRESET=smoke HELPERS_DOWNLOAD=0 HELPERS_CHECKPOINT_DIR=build/smoke-checkpoints \
@@ -41,7 +47,7 @@ test: venv
 	  if [ -n "$$missing" ]; then echo "notebooks that wrote no results/smoke/*.json:$$missing"; exit 1; fi; \
 	  echo "every notebook wrote its results file (smoke)"
 
-benchmark: venv
+benchmark: $(VENV)/.installed-notebooks
 	$(PY) benchmarks/train_speed.py
 
 clean:

@@ -21,6 +21,7 @@ from helpers.alignment import permutation_spec, weight_matching
 from helpers.models import course_cnn
 from helpers.presets import get_preset
 from helpers.repro import device_name, seed_everything
+from helpers.zoo import get_pair
 
 
 def main() -> None:
@@ -35,7 +36,6 @@ def main() -> None:
         model_a, model_b = course_cnn(preset.width), course_cnn(preset.width)
         source = "random init"
     else:
-        from helpers.pairs import get_pair
         data = preset.load_data()
         pair = get_pair("independent", preset, data)
         model_a, model_b = pair.model_a, pair.model_b

@@ -2,7 +2,7 @@
 
 For 2, 4 and 8 course models (the preset's width, random weights: speed does not depend on the
 values), times `Ensemble(..., batched=True)` and `Ensemble(..., batched=False)` on the same batches
-under the same precision as training (`helpers.training.resolve_precision`), alternating the two
+under the same precision as training (`helpers.devices.resolve_precision`), alternating the two
 paths so machine noise hits both alike. Needs no dataset.
 
 Usage: .venv/bin/python benchmarks/ensemble_speed.py [--preset cpu] [--batch-size 500] [--repeats 10]
@@ -17,11 +17,11 @@ import time
 
 import torch
 
+from helpers.devices import autocast, pick_device, resolve_precision
 from helpers.ensembling import Ensemble
 from helpers.models import course_cnn
 from helpers.presets import get_preset
-from helpers.repro import device_name, pick_device, seed_everything
-from helpers.training import autocast, resolve_precision
+from helpers.repro import device_name, seed_everything
 
 
 def main() -> None:

@@ -25,11 +25,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from helpers.data import MEAN, STD, DataNotFoundError, iterate_batches, load_cifar10
+from helpers.data import MEAN, STD, DataNotFoundError, data_dir, iterate_batches, load_cifar10
+from helpers.devices import autocast, pick_device, resolve_precision
+from helpers.evaluation import evaluate
 from helpers.models import course_cnn
 from helpers.presets import get_preset
-from helpers.repro import device_name, pick_device, seed_everything
-from helpers.training import autocast, evaluate, make_optimizer, resolve_precision, train
+from helpers.repro import device_name, seed_everything
+from helpers.training import make_optimizer, train
 
 
 def standard_loader(batch_size: int, num_workers: int):
@@ -47,7 +49,6 @@ def standard_loader(batch_size: int, num_workers: int):
     if folder:
         dataset = datasets.ImageFolder(os.path.join(folder, "train"), transform=tf)
     else:
-        from helpers.data import data_dir
         dataset = datasets.CIFAR10(str(data_dir()), train=True, transform=tf, download=False)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=True,
                       persistent_workers=num_workers > 0, pin_memory=False)

@@ -1,21 +1,23 @@
 """Helpers for the course *Aggregating PyTorch Models*.
 
-Each module holds one concept; notebooks import what they teach:
+Each module holds one concept; notebooks import what they teach. From the bottom up:
 
-- `helpers.repro`        seeds, device choice, version printout
-- `helpers.presets`      the `smoke` / `cpu` / `gpu` budgets
-- `helpers.data`         CIFAR-10 (and synthetic stand-in), tensor batches, splits
+- `helpers.devices`      device choice, precision (bf16 where native), autocast, `eval_mode`
+- `helpers.repro`        seeds, versions, git commit: what ran where
+- `helpers.data`         CIFAR-10 (and a synthetic stand-in), tensor batches, splits
 - `helpers.models`       the course CNN and the student, parameter / FLOP counts
-- `helpers.training`     `train(...) -> History`, `evaluate(...)`
+- `helpers.evaluation`   `predict_logits`, `evaluate`
+- `helpers.training`     the training core (`run_steps`) and its entry points `train`, `train_epochs`, `train_part`
 - `helpers.checkpoints`  `train_or_load(...)`: cached, atomic, config-keyed checkpoints
-- `helpers.pairs`        the trained model pairs of notebook 02, cached for every later notebook
+- `helpers.presets`      the `smoke` / `cpu` / `gpu` budgets
 - `helpers.averaging`    state-dict averages, interpolation, BatchNorm recalibration, barriers
 - `helpers.alignment`    permutation symmetry: weight matching (Git Re-Basin) and REPAIR
-- `helpers.ensembling`   `Ensemble` (vmap or loop), validation-fitted weights, calibration metrics
+- `helpers.ensembling`   `Ensemble` (loop or vmap), validation-fitted weights and temperature, calibration
 - `helpers.distillation` the distillation loss and `distill(student, teacher, ...)`
-- `helpers.federated`    FedAvg over client datasets
-- `helpers.results`      results JSON with provenance, figures
-- `helpers.plotting`     learning curves and image grids
+- `helpers.federated`    the FedAvg algorithm over client datasets
+- `helpers.results`      results JSON with provenance, figures, the trade-off table
+- `helpers.plotting`     learning curves, interpolation curves, image grids
+- `helpers.zoo`          on top: the course's cached recipes (pairs, students, FedAvg runs) and their seeds
 """
 
 __version__ = "0.1.0"

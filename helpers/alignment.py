@@ -33,7 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from helpers.averaging import check_compatible, has_batchnorm, recalibrate_batchnorm
-from helpers.training import autocast, resolve_precision
+from helpers.devices import autocast, eval_mode, resolve_precision
 
 PASS_THROUGH = (
     nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardswish, nn.ReLU6,
@@ -146,16 +146,22 @@ def _weights_only(group: PermGroup) -> list[str]:
     return [k for k in group.outputs if not k.endswith(("running_mean", "running_var"))]
 
 
-def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100, seed: int = 0,
-                    return_perms: bool = False):
+def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100, seed: int = 0) -> nn.Module:
     """A copy of `model_b` with its hidden units permuted to match `model_a` (Git Re-Basin weight
     matching). The copy computes the same function as `model_b`; neither input is changed.
+    The permutations themselves: `match_permutations` (same arguments)."""
+    return permute_model(model_b, match_permutations(model_a, model_b, max_iter=max_iter, seed=seed))
+
+
+def match_permutations(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100,
+                       seed: int = 0) -> list[torch.Tensor]:
+    """The permutations of weight matching: one index tensor per group of `permutation_spec(model_a)`;
+    `permute_model(model_b, perms)` applies them (new unit i of a group is old unit perms[g][i]).
 
     For each permutation group in random order, the units of model_b are assigned to those of model_a
     to maximise the summed inner product of all weights that group touches (its outgoing weights,
     biases and BatchNorm parameters, and the next layer's incoming weights), holding the other
-    groups fixed; sweeps repeat until no group changes (at most `max_iter` sweeps).
-    With `return_perms=True`, returns (model, perms)."""
+    groups fixed; sweeps repeat until no group changes (at most `max_iter` sweeps)."""
     check_compatible([model_a.state_dict(), model_b.state_dict()])
     groups = permutation_spec(model_a)
     a = {k: v.detach().float().cpu() for k, v in model_a.state_dict().items()}
@@ -193,8 +199,7 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 1
                 changed = True
         if not changed:
             break
-    aligned = permute_model(model_b, perms)
-    return (aligned, perms) if return_perms else aligned
+    return perms
 
 
 @torch.no_grad()
@@ -212,17 +217,14 @@ def _bn_output_stats(model: nn.Module, batches: Sequence, device: torch.device, 
                 s[1] = s[1] + (o * o).sum(dims)
                 s[2] += o.numel() // o.shape[1]
             hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        with autocast(device, precision):
+        with eval_mode(model), autocast(device, precision):
             for batch in batches:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 model(x.to(device))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     stats = {}
     for name, (s1, s2, n) in sums.items():
         mean = s1 / n

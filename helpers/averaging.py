@@ -21,9 +21,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
+from tqdm.auto import tqdm
 
 from helpers.data import TensorData, iterate_batches
-from helpers.training import autocast, evaluate, model_device, resolve_precision
+from helpers.devices import autocast, model_device, resolve_precision
+from helpers.evaluation import evaluate
 
 StateDict = Mapping[str, torch.Tensor]
 

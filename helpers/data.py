@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.datasets import CIFAR10
 from tqdm.auto import tqdm
 
 from helpers._paths import atomic_write, project_root, resolve_user_path
@@ -75,7 +76,7 @@ class TensorData:
 
 
 @dataclass
-class CIFAR10:
+class DataSplits:
     """The train and test sets, and optionally a validation split held out of the training images
     (for choices such as ensemble weights; the test set is only ever used to report results)."""
 
@@ -101,7 +102,7 @@ def _missing_data_message(reason: str) -> str:
         "  1. with internet access: load_cifar10(download=True) (or `make run`) downloads it into "
         f"{data_dir()} via torchvision;\n"
         "  2. offline: point CIFAR10_DIR at a local ImageFolder copy with train/<class>/*.jpg and "
-        "test/<class>/*.jpg, e.g.  CIFAR10_DIR=../shared/data/cifar10-jpg make run"
+        "test/<class>/*.jpg, e.g.  CIFAR10_DIR=/path/to/cifar10 make run"
     )
 
 
@@ -149,11 +150,11 @@ def _decode_images(files: list[tuple[Path, int]], desc: str) -> TensorData:
     return TensorData(images.permute(0, 3, 1, 2).contiguous(), labels)
 
 
-def _cache_key(kind: str, ident: str) -> str:
-    return hashlib.sha256(f"{CACHE_FORMAT}:{kind}:{ident}".encode()).hexdigest()[:12]
+def _cache_key(source_type: str, ident: str) -> str:
+    return hashlib.sha256(f"{CACHE_FORMAT}:{source_type}:{ident}".encode()).hexdigest()[:12]
 
 
-def _load_cache(path: Path, source: str) -> CIFAR10 | None:
+def _load_cache(path: Path, source: str) -> DataSplits | None:
     """The cached tensors, or None (with a message) if the file is missing, corrupt or stale."""
     if not path.exists():
         return None
@@ -175,7 +176,7 @@ def _load_cache(path: Path, source: str) -> CIFAR10 | None:
         return None
     train = TensorData(blob["train_images"], blob["train_labels"], CLASSES, source)
     test = TensorData(blob["test_images"], blob["test_labels"], CLASSES, source)
-    return CIFAR10(train, test, source)
+    return DataSplits(train, test, source)
 
 
 def _checksum(*tensors: torch.Tensor) -> str:
@@ -185,7 +186,7 @@ def _checksum(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _save_cache(path: Path, data: CIFAR10) -> None:
+def _save_cache(path: Path, data: DataSplits) -> None:
     blob = {
         "format": CACHE_FORMAT,
         "source": data.source,
@@ -198,7 +199,7 @@ def _save_cache(path: Path, data: CIFAR10) -> None:
 
 
 def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: bool | None = None,
-                 cache: bool = True) -> CIFAR10:
+                 cache: bool = True) -> DataSplits:
     """Real CIFAR-10 as tensors: 50,000 training and 10,000 test images.
 
     Source order: `image_folder`, else `$CIFAR10_DIR` (ImageFolder layout), else torchvision's
@@ -226,7 +227,7 @@ def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: boo
         if data is None:
             train = _decode_images(splits["train"], "decode train")
             test = _decode_images(splits["test"], "decode test")
-            data = CIFAR10(TensorData(train.images, train.labels, CLASSES, source),
+            data = DataSplits(TensorData(train.images, train.labels, CLASSES, source),
                            TensorData(test.images, test.labels, CLASSES, source), source)
             if cache:
                 _save_cache(path, data)
@@ -239,11 +240,9 @@ def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: boo
         return data
     if download is None:
         download = os.environ.get("HELPERS_DOWNLOAD", "1") != "0"
-    from torchvision.datasets import CIFAR10 as TVCIFAR10
-
     root = data_dir()
     try:
-        sets = [TVCIFAR10(str(root), train=t, download=download) for t in (True, False)]
+        sets = [CIFAR10(str(root), train=t, download=download) for t in (True, False)]
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
         raise DataNotFoundError(_missing_data_message(f"torchvision found nothing usable in {root} ({exc})")) from None
     except OSError as exc:  # no network: URLError / socket errors are OSErrors
@@ -252,7 +251,7 @@ def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: boo
     for ds in sets:
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         parts.append(TensorData(images, torch.tensor(ds.targets, dtype=torch.long), CLASSES, source))
-    data = CIFAR10(parts[0], parts[1], source)
+    data = DataSplits(parts[0], parts[1], source)
     if cache:
         _save_cache(path, data)
     return data
@@ -262,7 +261,7 @@ def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: boo
 # Synthetic stand-in for the smoke preset
 
 
-def synthetic_cifar(num_train: int = 2048, num_test: int = 512, *, seed: int = 0, noise: float = 1.2) -> CIFAR10:
+def synthetic_cifar(num_train: int = 2048, num_test: int = 512, *, seed: int = 0, noise: float = 1.2) -> DataSplits:
     """Learnable CIFAR-shaped data: 10 classes, 32x32 RGB uint8, made in memory (no download).
 
     Each class is a smooth random colour pattern; an image is its class pattern, shifted by up to
@@ -288,7 +287,7 @@ def synthetic_cifar(num_train: int = 2048, num_test: int = 512, *, seed: int = 0
         images = (128 + 45 * x).round().clamp(0, 255).to(torch.uint8)
         return TensorData(images.contiguous(), labels.long(), CLASSES, "synthetic")
 
-    return CIFAR10(make(num_train), make(num_test), "synthetic")
+    return DataSplits(make(num_train), make(num_test), "synthetic")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,12 +391,13 @@ def iid_split(data: TensorData, num_parts: int = 2, *, seed: int = 0) -> list[Te
     return [data.subset(part.sort().values) for part in perm.tensor_split(num_parts)]
 
 
-def dirichlet_split(data: TensorData, num_parts: int = 2, *, alpha: float = 0.5, seed: int = 0) -> list[TensorData]:
+def dirichlet_split(data: TensorData, num_parts: int = 2, *, dirichlet_alpha: float = 0.5,
+                    seed: int = 0) -> list[TensorData]:
     """Label-skewed parts: each class's images are shared out in proportions drawn from
-    Dirichlet(alpha) (Hsu et al., 2019). Small alpha = each part sees mostly a few classes;
-    large alpha -> IID. Every image lands in exactly one part."""
-    if alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+    Dirichlet(dirichlet_alpha) (Hsu et al., 2019). Small concentration = each part sees mostly a few
+    classes; large -> IID. Every image lands in exactly one part."""
+    if dirichlet_alpha <= 0:
+        raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
     if num_parts < 1:
         raise ValueError(f"num_parts must be >= 1, got {num_parts}")
     rng = np.random.default_rng(seed)
@@ -406,7 +406,7 @@ def dirichlet_split(data: TensorData, num_parts: int = 2, *, alpha: float = 0.5,
     for c in range(len(data.classes)):
         idx = (labels == c).nonzero().flatten()
         idx = idx[torch.from_numpy(rng.permutation(len(idx)))]
-        shares = rng.dirichlet([alpha] * num_parts)
+        shares = rng.dirichlet([dirichlet_alpha] * num_parts)
         cuts = (np.cumsum(shares)[:-1] * len(idx)).round().astype(int).tolist()
         for p, chunk in enumerate(torch.tensor_split(idx, cuts)):
             parts[p].append(chunk)

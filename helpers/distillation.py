@@ -13,41 +13,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.data import TensorData
-from helpers.training import History, TrainConfig, train
+from helpers.devices import pick_device
+from helpers.training import History, TrainConfig, train_epochs
 
-KINDS = ("kl", "mse")
+OBJECTIVES = ("kl", "mse")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
-                      temperature: float = 4.0, alpha: float = 0.9, kind: str = "kl",
+                      temperature: float = 4.0, soft_weight: float = 0.9, objective: str = "kl",
                       label_smoothing: float = 0.0) -> torch.Tensor:
-    """alpha * KD term + (1 - alpha) * cross-entropy(student_logits, targets).
+    """soft_weight * KD term + (1 - soft_weight) * cross-entropy(student_logits, targets).
 
     student_logits, teacher_logits: (N, C); targets: (N,) class indices.
-    kind="kl": KL(teacher || student) between the temperature-softened distributions, times T^2
+    objective="kl": KL(teacher || student) between the temperature-softened distributions, times T^2
         so its gradients keep the same scale whatever the temperature (Hinton et al., 2015).
-    kind="mse": mean squared error between the raw logits (temperature unused).
+    objective="mse": mean squared error between the raw logits (temperature unused).
     The teacher's logits are detached: no gradient ever reaches the teacher."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
     if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student and teacher logits must both be (N, C); got {tuple(student_logits.shape)} "
                          f"and {tuple(teacher_logits.shape)}")
     if targets.shape != student_logits.shape[:1]:
         raise ValueError(f"targets must be ({student_logits.shape[0]},) class indices; got {tuple(targets.shape)}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if not 0.0 <= soft_weight <= 1.0:
+        raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     teacher_logits = teacher_logits.detach()
     ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
-    if kind == "kl":
+    if objective == "kl":
         t = temperature
         kd = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                       reduction="batchmean", log_target=True) * (t * t)
     else:
         kd = F.mse_loss(student_logits, teacher_logits)
-    return alpha * kd + (1 - alpha) * ce
+    return soft_weight * kd + (1 - soft_weight) * ce
 
 
 class CachedTeacher(nn.Module):
@@ -87,12 +88,14 @@ class CachedTeacher(nn.Module):
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: TensorData, *, config: TrainConfig, temperature: float = 4.0,
-            alpha: float = 0.9, kind: str = "kl", seed: int = 0, test_data: TensorData | None = None,
+            soft_weight: float = 0.9, objective: str = "kl", seed: int = 0, test_data: TensorData | None = None,
             device: torch.device | str | None = None, progress: bool = True, desc: str = "distill") -> History:
-    """Train `student` in place to imitate `teacher` on `data` (the schedule of `config`); returns
-    its `History`. `config.label_smoothing` applies to the cross-entropy part."""
-    from helpers.repro import pick_device
-
+    """Train `student` in place to imitate `teacher` on `data` (the whole schedule of `config`);
+    returns its `History`. The teacher sees the student's augmented batch; `config.label_smoothing`
+    applies to the cross-entropy part. The training loop is `helpers.training.train_epochs`, with
+    `distillation_loss` as its loss."""
+    distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), temperature=temperature,
+                      soft_weight=soft_weight, objective=objective)  # check the options before any training
     device = torch.device(device) if device is not None else pick_device()
     teacher = teacher.to(device, memory_format=torch.channels_last).eval()
 
@@ -100,8 +103,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: TensorData, *, config:
         teacher.eval()
         with torch.no_grad():
             teacher_logits = teacher(x).float()
-        return distillation_loss(student_logits, teacher_logits, y, temperature=temperature, alpha=alpha, kind=kind,
-                                 label_smoothing=config.label_smoothing)
+        return distillation_loss(student_logits, teacher_logits, y, temperature=temperature, soft_weight=soft_weight,
+                                 objective=objective, label_smoothing=config.label_smoothing)
 
-    return train(student, data, config=config, seed=seed, test_data=test_data, device=device, progress=progress,
-                 desc=desc, loss_fn=loss_fn)
+    return train_epochs(student, data, config=config, seed=seed, start_epoch=0, stop_epoch=config.num_epochs,
+                        test_data=test_data, loss_fn=loss_fn, device=device, progress=progress, desc=desc)

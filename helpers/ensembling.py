@@ -12,7 +12,8 @@
 Members are always evaluated in eval mode and under `torch.no_grad()`: an ensemble is used, never
 trained through. Members run in a loop; with `batched=True`, members of one architecture run
 together through `torch.func` (`stack_module_state` + `functional_call` + `vmap`) instead. Both
-give the same outputs (tested); the loop is faster on the CPU and the GPU we measured.
+give the same outputs (tested); `benchmarks/ensemble_speed.py` measures which is faster on your
+machine (the loop, wherever the course has measured it so far: vmap turns each conv into a grouped conv).
 
 Also here: `fit_weights` (weights chosen on a validation split by minimising NLL), `fit_temperature`
 (temperature scaling, likewise on a validation split), and the metrics
@@ -27,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import minimize, minimize_scalar
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
@@ -53,14 +55,12 @@ class Ensemble(nn.Module):
     """Combine the predictions of `models` (see the module docstring for `combine`).
 
     weights: one per member, finite and >= 0 (normalised; default uniform).
-    batched: True runs members of one architecture through `torch.func.vmap`; False or None (default)
-        loops over them. The loop is the faster path wherever we measured it
-        (`benchmarks/ensemble_speed.py`): vmap turns each conv into a grouped conv, which reached
-        0.10-0.18x the loop's images/s on a 2-core Xeon and 0.39-0.43x on an H200 (2-8 course models).
+    batched: True runs members of one architecture through `torch.func.vmap`; False (default) loops
+        over them (see the module docstring).
     """
 
     def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None,
-                 combine: str = "mean_logits", *, batched: bool | None = None):
+                 combine: str = "mean_logits", *, batched: bool = False):
         super().__init__()
         if len(models) == 0:
             raise ValueError("an Ensemble needs at least one model")
@@ -74,8 +74,11 @@ class Ensemble(nn.Module):
         if batched and not can_batch:
             raise ValueError("batched=True needs members of one architecture (same class, keys and shapes)")
         self.can_batch = can_batch
-        self.batched = batched
+        self.batched = bool(batched)
         self.members.eval()
+
+    def extra_repr(self) -> str:
+        return f"combine={self.combine!r}, batched={self.batched}"
 
     def train(self, mode: bool = True) -> "Ensemble":
         """Members stay in eval mode whatever mode the ensemble is put in."""
@@ -144,8 +147,6 @@ def fit_weights(member_logits: torch.Tensor, labels: torch.Tensor, *, combine: s
     member_logits: (M, N, C) logits of the members on the validation images; labels: (N,).
     Weights are parameterised as a softmax, so they stay positive and sum to one, and optimised
     with `scipy.optimize.minimize` (L-BFGS-B). Returns plain floats."""
-    from scipy.optimize import minimize
-
     if combine not in ("mean_probs", "mean_logits"):
         raise ValueError("fit_weights supports combine='mean_probs' or 'mean_logits' (a vote has no gradient)")
     logits = member_logits.double().cpu()
@@ -169,8 +170,6 @@ def fit_temperature(scores: torch.Tensor, labels: torch.Tensor, *, bounds: tuple
     `mean_probs` output: dividing log-probs by T and renormalising is the same power transform).
     T < 1 sharpens an under-confident model, T > 1 softens an over-confident one; accuracy is
     unchanged. One-dimensional, so `scipy.optimize.minimize_scalar` on log T (bounded)."""
-    from scipy.optimize import minimize_scalar
-
     scores, labels = scores.double().cpu(), labels.cpu()
     result = minimize_scalar(lambda log_t: float(F.cross_entropy(scores / np.exp(log_t), labels)),
                              bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded")
@@ -223,11 +222,12 @@ def disagreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
     return float((logits_a.argmax(1) != logits_b.argmax(1)).float().mean())
 
 
-def error_correlation(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor) -> float:
+def error_correlation(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor) -> float | None:
     """Pearson correlation between the two models' error indicators (1 = wrong) over the inputs.
-    0: errors independent (the ideal for ensembling); 1: they fail on the same inputs."""
+    0: errors independent (the ideal for ensembling); 1: they fail on the same inputs. None when it
+    is undefined: a model that is right on every input (or wrong on every one) has no error variance."""
     ea = (logits_a.argmax(1) != labels).double()
     eb = (logits_b.argmax(1) != labels).double()
     if ea.std() == 0 or eb.std() == 0:
-        return float("nan")
+        return None
     return float(torch.corrcoef(torch.stack([ea, eb]))[0, 1])

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers.devices import eval_mode
+
 # Channels at width 1.0: stem, then the three stages (32x32 -> 16x16 -> 8x8 -> 4x4 after pooling).
 COURSE_WIDTHS = (32, 64, 128, 256)
 STUDENT_WIDTHS = (16, 32, 64, 128)
@@ -81,13 +83,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32)) -
     counted, which dominate these models)."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.zeros(*input_shape, device=device))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(*input_shape, device=device))
     return int(counter.get_total_flops())
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
 
+from helpers.averaging import InterpolationCurve
 from helpers.data import TensorData
 from helpers.training import History
 
@@ -77,4 +78,35 @@ def plot_reliability(curves: Mapping[str, dict], *, ax=None, title: str = "relia
     ax.set(xlabel="confidence (max probability)", ylabel="accuracy", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
+
+
+def plot_interpolation_curves(panels: Mapping[str, Mapping[str, InterpolationCurve]], *,
+                              metrics: Sequence[str] = ("accuracy", "loss"), title: str | None = None,
+                              chance: float | None = None):
+    """One column per panel (e.g. a pair), one row per metric ("accuracy" in %, "loss"), one line per
+    curve: the interpolation curves of notebooks 03 and 04. `chance`: a dotted line at that accuracy
+    (0-1) in the first panel. Returns the figure."""
+    panel_width = 4.0 if len(panels) > 2 else 5.5
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(panel_width * len(panels), 3 * len(metrics) + 0.8),
+                             sharex=True, sharey="row", squeeze=False)
+    labels = {"accuracy": "test accuracy (%)", "loss": "test loss"}
+    for j, (panel, curves) in enumerate(panels.items()):
+        for i, metric in enumerate(metrics):
+            ax = axes[i, j]
+            for label, curve in curves.items():
+                values = curve.accuracy if metric == "accuracy" else curve.loss
+                scale = 100 if metric == "accuracy" else 1
+                ax.plot(curve.alphas, [scale * v for v in values], marker="o", ms=3, label=label)
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel(labels[metric])
+        axes[0, j].set_title(panel)
+        axes[-1, j].set_xlabel("α  (0 = model_a, 1 = model_b)")
+    if chance is not None and "accuracy" in metrics:
+        axes[list(metrics).index("accuracy"), 0].axhline(100 * chance, color="gray", lw=0.8, ls=":")
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return fig

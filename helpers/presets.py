@@ -11,11 +11,12 @@ available, else `cpu`.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, replace
 
 import torch
 
-from helpers.data import CIFAR10, load_cifar10, synthetic_cifar, train_val_split
+from helpers.data import DataNotFoundError, DataSplits, load_cifar10, synthetic_cifar, train_val_split
 from helpers.training import TrainConfig
 
 
@@ -35,14 +36,14 @@ class Preset:
     synthetic_train: int = 2048      # synthetic images (smoke only)
     synthetic_test: int = 512
 
-    def load_data(self) -> CIFAR10:
+    def load_data(self) -> DataSplits:
         """The preset's data: synthetic for `smoke`, real CIFAR-10 otherwise, with a stratified
         validation split (`val_fraction`, seed 0) held out of the training images. Every model in
         the course trains on `data.train` only; `data.val` is for choices, `data.test` for reporting."""
         full = (synthetic_cifar(self.synthetic_train, self.synthetic_test, seed=0) if self.data == "synthetic"
                 else load_cifar10())
         train, val = train_val_split(full.train, self.val_fraction, seed=0)
-        return CIFAR10(train=train, test=full.test, source=full.source, val=val)
+        return DataSplits(train=train, test=full.test, source=full.source, val=val)
 
 
 PRESETS: dict[str, Preset] = {
@@ -83,10 +84,6 @@ def get_preset(name: str | None = None, **overrides) -> Preset:
 def main() -> None:
     """`python -m helpers.presets`: print the active preset and make sure its data is ready
     (used by `make run` so that a missing dataset fails early with one clear message)."""
-    import sys
-
-    from helpers.data import DataNotFoundError
-
     try:
         preset = get_preset()
         print(f"preset: {preset.name} ({preset.data} data, width {preset.width}, {preset.train.num_epochs} epochs)")

@@ -1,8 +1,9 @@
-"""Reproducibility: seeds, device choice, and what ran where (introduced in notebook 01)."""
+"""Reproducibility: seeds and what ran where (introduced in notebook 01).
+
+Device choice lives in `helpers.devices`."""
 
 from __future__ import annotations
 
-import os
 import platform
 import random
 import subprocess
@@ -11,8 +12,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 import torch
+import torchvision
 
 from helpers._paths import project_root
+from helpers.devices import pick_device
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -26,25 +29,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def pick_device(prefer: str | None = None, *, allow_mps: bool = False) -> torch.device:
-    """The device to train on: `prefer` if given ("cpu", "cuda", "cuda:1", "mps"), else CUDA when
-    available, else the CPU. Apple's MPS is used only on request (`allow_mps=True` or
-    `prefer="mps"`) because several ops the course uses are slower or missing there."""
-    prefer = prefer or os.environ.get("HELPERS_DEVICE") or None
-    if prefer:
-        device = torch.device(prefer)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {prefer!r} was asked for, but CUDA is not available here")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError(f"device {prefer!r} was asked for, but MPS is not available here")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if allow_mps and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def device_name(device: torch.device | str) -> str:
@@ -83,8 +67,6 @@ def git_commit() -> str | None:
 
 def environment(device: torch.device | str | None = None) -> dict:
     """Versions, device and commit as plain values (stored with every results file)."""
-    import torchvision
-
     device = torch.device(device) if device is not None else pick_device()
     return {
         "python": sys.version.split()[0],

@@ -4,6 +4,9 @@
 `results/<preset>/02_train_paired_models.json` atomically with the preset, data source, torch
 version, device, git commit and date beside the numbers. Values must be plain Python numbers,
 strings, lists and dicts (tensors are refused, so nothing un-reviewable ends up in a file).
+
+Notebook 08's trade-off table is built here from the other notebooks' files (`load_all_results`,
+`tradeoff_rows`, `tradeoff_markdown`) and written with `save_text`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from helpers._paths import atomic_write, project_root, resolve_user_path
 from helpers.repro import environment
@@ -60,3 +63,96 @@ def save_figure(fig, name: str, *, preset: str, dpi: int = 120) -> Path:
     path = results_dir(preset) / f"{name}.png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
     return path
+
+
+def save_text(name: str, text: str, *, preset: str) -> Path:
+    """Write `text` to `results/<preset>/<name>` atomically (e.g. the summary of notebook 08)."""
+    path = results_dir(preset) / name
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The trade-off table (notebook 08): one row per method, read from the other notebooks' results
+
+TRADEOFF_SOURCES = ("02_train_paired_models", "03_weight_averaging", "04_permutation_alignment",
+                    "05_prediction_ensembling", "06_knowledge_distillation", "07_federated_averaging")
+
+
+def load_all_results(preset: str, notebooks: Sequence[str] = TRADEOFF_SOURCES) -> dict[str, dict]:
+    """`{notebook: load_results(notebook)}` for each of `notebooks`; a `FileNotFoundError` lists every
+    missing one and says how to produce them."""
+    missing = [name for name in notebooks if not (results_dir(preset) / f"{name}.json").exists()]
+    if missing:
+        raise FileNotFoundError(f"results for preset {preset!r} are missing: {', '.join(missing)}. "
+                                f"Run those notebooks first (e.g. HELPERS_PRESET={preset} make run).")
+    return {name: load_results(name, preset=preset) for name in notebooks}
+
+
+def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
+    """The rows of the trade-off table from the notebooks' results (`load_all_results(...)`, each
+    file's `results` part). Reference point: the better member of the independent pair. Costs are
+    multiples of one course model: inference FLOPs, and training seconds on top of the members'.
+
+    Each row: method, accuracy, delta (vs the better member), nll, ece (None where not measured),
+    inference_x, ms_per_batch, extra_training_x, needs."""
+    R = {name: r["results"] for name, r in results.items()}
+    ens = R["05_prediction_ensembling"]
+    ind = ens["pairs"]["independent"]
+    better = ind["better_member_accuracy"]
+    member_seconds = R["02_train_paired_models"]["pairs"]["independent"]["train_seconds_a"]
+    kd = R["06_knowledge_distillation"]
+    fed = R["07_federated_averaging"]
+    avg = R["03_weight_averaging"]["pairs"]
+    align = R["04_permutation_alignment"]["pairs"]["independent"]
+    joint = R["02_train_paired_models"]["joint"]
+
+    def row(method, accuracy, *, nll=None, ece=None, inference=1.0, ms=None, extra_training=0.0, needs=""):
+        return {"method": method, "accuracy": accuracy, "delta": accuracy - better, "nll": nll, "ece": ece,
+                "inference_x": inference, "ms_per_batch": ms, "extra_training_x": extra_training, "needs": needs}
+
+    def metrics(m):
+        return {"nll": m["nll"], "ece": m["ece"]}
+
+    ts_ens = ens["temperature_scaling"]["ensemble of 2"]   # one temperature fitted on data.val (notebook 05)
+    better_metrics = ind["member_a"] if ind["member_a"]["accuracy"] == better else ind["member_b"]
+    ensemble_ms = min(ens["cost"]["loop_ms_per_batch"], ens["cost"]["vmap_ms_per_batch"])  # the faster path
+    student = kd["students"][kd["chosen"]]                 # the temperature notebook 06 chose on data.val
+    return [
+        row("single model (better member)", better, **metrics(better_metrics), ms=ens["cost"]["single_ms_per_batch"],
+            needs="—"),
+        row("weight average, naive (independent pair)", avg["independent"]["midpoint_naive"],
+            needs="same architecture"),
+        row("weight average + BN reset (spawned pair)", avg["spawned"]["midpoint_recalibrated"],
+            needs="same architecture, shared parent, training images for BN"),
+        row("weight average, aligned + REPAIR (independent)", align["aligned + REPAIR"]["midpoint_accuracy"],
+            extra_training=align["weight_matching_seconds"] / member_seconds,
+            needs="same architecture, training images for BN"),
+        row("ensemble, mean of probabilities (independent)", ind["mean_probs"]["accuracy"],
+            **metrics(ind["mean_probs"]), inference=2.0, ms=ensemble_ms, needs="nothing (any architectures)"),
+        row("ensemble + temperature scaling (independent)", ts_ens["after"]["accuracy"], **metrics(ts_ens["after"]),
+            inference=2.0, ms=ensemble_ms, needs="validation images"),
+        row("ensemble, validation-weighted (disjoint pair)", ens["weighted"]["disjoint"]["accuracy"],
+            **metrics(ens["weighted"]["disjoint"]), inference=2.0, ms=ensemble_ms, needs="validation images"),
+        row(f"student distilled from the ensemble (T={kd['temperature']:g})", student["mean"],
+            inference=kd["cost"]["student"]["flops"] / ens["cost"]["flops_single"],
+            extra_training=student["train_seconds_mean"] / member_seconds, needs="training images"),
+        row("joint model, retrained on all data", joint["test_accuracy"],
+            extra_training=joint["train_seconds"] / member_seconds, needs="all training data in one place"),
+        row("FedAvg, IID clients", fed["fedavg_final_accuracy"]["IID"],
+            extra_training=fed["fedavg_curves"]["IID"]["seconds"][-1] / member_seconds,
+            needs="clients that train together from the start"),
+    ]
+
+
+def tradeoff_markdown(rows: Sequence[Mapping]) -> str:
+    """The trade-off rows as a Markdown table (what the README and `summary.md` show)."""
+    def fmt(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    header = ("| method | test accuracy | Δ vs better member | NLL | ECE | inference (× one model) | ms / batch | "
+              "extra training (× one model) | needs |\n|---|---|---|---|---|---|---|---|---|\n")
+    return header + "".join(
+        f"| {r['method']} | {r['accuracy']:.2%} | {100 * r['delta']:+.2f} | {fmt(r['nll'], '.3f')} "
+        f"| {fmt(r['ece'], '.3f')} | {r['inference_x']:.2f} | {fmt(r['ms_per_batch'], '.1f')} "
+        f"| {r['extra_training_x']:.2f} | {r['needs']} |\n" for r in rows)

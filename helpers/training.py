@@ -1,26 +1,32 @@
-"""Training and evaluation (introduced in notebook 01).
+"""Training (introduced in notebook 01; evaluation is in `helpers.evaluation`).
 
 `train` runs SGD with Nesterov momentum, label smoothing and a one-cycle learning-rate schedule
 (linear warm-up, then linear decay to zero) over tensor-resident, batch-augmented data. It returns
 a `History` rather than printing. On the CPU the same seed gives bit-identical weights.
 
-Precision: `precision="auto"` uses bfloat16 autocast where the hardware does it natively (CUDA
-with bf16; CPUs with AMX or AVX-512 BF16, via oneDNN), which is several times faster there, and
-float32 elsewhere (on a CPU without bf16 units, bf16 would be emulated and slower).
+The pieces, smallest first:
+- `run_steps(model, batches, lrs, optimizer=, loss_fn=)`: the core, one optimiser step per batch;
+- `run_epoch(...)`: one epoch of the schedule (or a slice of one), with its batches and learning rates;
+- entry points: `train` (a whole run), `train_epochs` (epochs [start, stop) of a schedule: spawned
+  children, distillation via `loss_fn`) and `train_part` (a slice of an epoch with the caller's
+  optimiser: federated rounds).
+Precision (`config.precision`, "auto" by default) is resolved by `helpers.devices.resolve_precision`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from helpers.data import TensorData, iterate_batches, num_batches
-from helpers.repro import pick_device
+from helpers.devices import autocast, model_device, pick_device, resolve_precision
+from helpers.evaluation import evaluate
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,16 @@ class History:
     def images_per_second(self) -> float:
         return self.images_seen / self.train_seconds if self.train_seconds else 0.0
 
+    def record(self, epoch: int, stats: "StepStats") -> dict[str, str]:
+        """Append one epoch's training numbers; returns them formatted for a progress bar."""
+        self.epoch.append(epoch)
+        self.train_loss.append(stats.loss_sum / stats.seen)
+        self.train_accuracy.append(stats.correct / stats.seen)
+        self.lr.append(stats.lr)
+        self.seconds.append(self.train_seconds + stats.seconds)
+        self.images_seen += stats.seen
+        return {"epoch": str(epoch), "loss": f"{self.train_loss[-1]:.3f}"}
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -98,28 +114,6 @@ class History:
         )
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' where the hardware runs bfloat16 natively, else 'fp32'."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        try:  # private but stable helpers; any failure means "no native bf16"
-            native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-        except Exception:  # noqa: BLE001
-            native = False
-        return "bf16" if native else "fp32"
-    return "fp32"
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast for `precision == 'bf16'`, else a no-op context."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def lr_at(step: int, total_steps: int, peak: float, warmup: float) -> float:
     """One-cycle schedule: linear 0 -> peak over `warmup * total_steps`, then linear -> 0."""
     warm = max(1, round(warmup * total_steps))
@@ -137,85 +131,135 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
     )
 
 
-def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int = 0,
-          test_data: TensorData | None = None, device: torch.device | str | None = None,
-          start_epoch: int = 0, stop_epoch: int | None = None, progress: bool = True,
-          desc: str = "train", loss_fn=None, part: tuple[int, int] = (0, 1),
-          optimizer_state: dict | None = None) -> History:
-    """Train `model` in place on `data` and return its `History`.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""`loss_fn(logits, x, y) -> loss`: logits (B, C) float32, x the (augmented) input batch, y (B,) labels."""
 
-    seed: fixes the data order and augmentation (not the initial weights: seed before building
-        the model for that). start_epoch / stop_epoch: run only part of the schedule, keeping the
-        learning rate where the full `config.num_epochs` schedule would have it (spawned children).
-    test_data: evaluated after every epoch (not counted in the training time).
-    loss_fn: `loss_fn(logits, x, y) -> loss` replaces cross-entropy (distillation uses it).
-    part: `(i, k)` runs only the i-th of k equal slices of each epoch's batches, with the batches and
-        learning rates a full run has there (federated rounds shorter than an epoch use it). Each call
-        starts a fresh optimiser, so k calls i = 0..k-1 equal one full epoch only without momentum.
-    optimizer_state: a dict to carry the optimiser's state (momentum) across calls: loaded from if
-        it holds a state, and refilled with the state at the end. With it, k calls i = 0..k-1 equal
-        one full epoch exactly.
-    """
+
+def cross_entropy_loss(config: TrainConfig) -> LossFn:
+    """The default loss: cross-entropy with the config's label smoothing."""
+    def loss_fn(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+    return loss_fn
+
+
+@dataclass
+class StepStats:
+    """What `run_steps` measured: summed loss, correct predictions and images, the last lr, seconds."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    lr: float = 0.0
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The core: optimiser steps over batches
+
+
+def run_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lrs: Iterable[float], *,
+              optimizer: torch.optim.Optimizer, loss_fn: LossFn, device: torch.device, precision: str,
+              bar: tqdm | None = None) -> StepStats:
+    """One optimiser step per `(x, y)` in `batches`, with the learning rate from `lrs` (one per batch).
+
+    The model must already be on `device` and in train mode. The forward pass runs under the
+    precision's autocast; the loss is computed in float32. Returns the summed loss and correct
+    predictions (synchronised once, at the end) and the wall-clock seconds spent."""
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen, lr = 0, 0.0
+    for (x, y), lr in zip(batches, lrs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device, precision):
+            logits = model(x)
+            loss = loss_fn(logits.float(), x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if bar is not None:
+            bar.update()
+    return StepStats(float(loss_sum), int(correct), seen, lr, time.perf_counter() - t0)
+
+
+def epoch_steps(n: int, config: TrainConfig) -> int:
+    """Optimiser steps in one epoch over `n` images (the last partial batch is dropped)."""
+    return num_batches(n, config.batch_size, drop_last=True)
+
+
+def run_epoch(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int, epoch: int,
+              optimizer: torch.optim.Optimizer, loss_fn: LossFn | None = None, part: tuple[int, int] = (0, 1),
+              device: torch.device, precision: str, bar: tqdm | None = None) -> StepStats:
+    """Epoch `epoch` of the `config` schedule (or the i-th of k equal slices of it, `part=(i, k)`),
+    with the batches and learning rates a full run has there.
+
+    One random stream per (seed, epoch): a run resumed at epoch e, or a slice of an epoch, sees what
+    a full run would. `data` must already be on `device`; the model is put in train mode."""
+    steps = epoch_steps(len(data), config)
+    index, slices = part
+    if not 0 <= index < slices <= steps:
+        raise ValueError(f"part must be (i, k) with 0 <= i < k <= {steps} (batches per epoch), got {part}")
+    first, last = index * steps // slices, (index + 1) * steps // slices
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    batches = iterate_batches(data, config.batch_size, shuffle=True, augment_images=config.augment,
+                              generator=generator, device=device, drop_last=True, start_batch=first, stop_batch=last)
+    total = steps * config.num_epochs
+    lrs = (lr_at(epoch * steps + i, total, config.lr, config.warmup) for i in range(first, last))
+    model.train()
+    return run_steps(model, batches, lrs, optimizer=optimizer, loss_fn=loss_fn or cross_entropy_loss(config),
+                     device=device, precision=precision, bar=bar)
+
+
+def prepare(model: nn.Module, data: TensorData, config: TrainConfig,
+            device: torch.device | str | None) -> tuple[torch.device, str, TensorData]:
+    """Resolve device and precision, move `model` there (channels_last) and return the data on it."""
     device = torch.device(device) if device is not None else pick_device()
-    precision = resolve_precision(config.precision, device)
-    stop_epoch = config.num_epochs if stop_epoch is None else stop_epoch
-    if not 0 <= start_epoch < stop_epoch <= config.num_epochs:
-        raise ValueError(f"need 0 <= start_epoch < stop_epoch <= num_epochs, got {start_epoch}, {stop_epoch}, "
-                         f"{config.num_epochs}")
     if len(data) < config.batch_size:
         raise ValueError(f"the training set ({len(data)} images) is smaller than one batch ({config.batch_size})")
     model.to(device=device, memory_format=torch.channels_last)
-    data_on_device = data.to(device)
+    return device, resolve_precision(config.precision, device), data.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+
+
+def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int = 0,
+          test_data: TensorData | None = None, device: torch.device | str | None = None,
+          progress: bool = True, desc: str = "train") -> History:
+    """Train `model` in place on `data` for the whole `config` schedule and return its `History`.
+
+    seed: fixes the data order and augmentation (not the initial weights: seed before building the
+        model for that). test_data: evaluated after every epoch (not counted in the training time)."""
+    return train_epochs(model, data, config=config, seed=seed, start_epoch=0, stop_epoch=config.num_epochs,
+                        test_data=test_data, device=device, progress=progress, desc=desc)
+
+
+def train_epochs(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int = 0, start_epoch: int,
+                 stop_epoch: int, test_data: TensorData | None = None, loss_fn: LossFn | None = None,
+                 device: torch.device | str | None = None, progress: bool = True, desc: str = "train") -> History:
+    """Epochs `[start_epoch, stop_epoch)` of the `config` schedule, with the learning rates and
+    batches a full run has there: a parent trained to epoch k and a child continued from k together
+    equal one full run (spawned children, notebook 02). Starts a fresh optimiser.
+
+    loss_fn: `loss_fn(logits, x, y) -> loss` instead of label-smoothed cross-entropy (distillation)."""
+    if not 0 <= start_epoch < stop_epoch <= config.num_epochs:
+        raise ValueError(f"need 0 <= start_epoch < stop_epoch <= num_epochs, got {start_epoch}, {stop_epoch}, "
+                         f"{config.num_epochs}")
+    device, precision, data = prepare(model, data, config, device)
     optimizer = make_optimizer(model, config)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
-    steps_per_epoch = num_batches(len(data), config.batch_size, drop_last=True)
-    total_steps = steps_per_epoch * config.num_epochs
-    index, slices = part
-    if not 0 <= index < slices <= steps_per_epoch:
-        raise ValueError(f"part must be (i, k) with 0 <= i < k <= {steps_per_epoch} (batches per epoch), got {part}")
-    first, last = index * steps_per_epoch // slices, (index + 1) * steps_per_epoch // slices
-    # One stream per (seed, epoch): a child resumed at epoch k sees what a full run would from epoch k.
     history = History(precision=precision, device=str(device))
-    elapsed = 0.0
-    bar = tqdm(total=(last - first) * (stop_epoch - start_epoch), desc=desc, unit="step",
+    bar = tqdm(total=epoch_steps(len(data), config) * (stop_epoch - start_epoch), desc=desc, unit="step",
                disable=not progress, mininterval=0.5, leave=False)
     try:
         for epoch in range(start_epoch, stop_epoch):
-            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            model.train()
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            batches = iterate_batches(data_on_device, config.batch_size, shuffle=True, augment_images=config.augment,
-                                      generator=generator, device=device, drop_last=True,
-                                      start_batch=first, stop_batch=last)
-            for i, (x, y) in enumerate(batches, start=first):
-                lr = lr_at(epoch * steps_per_epoch + i, total_steps, config.lr, config.warmup)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast(device, precision):
-                    logits = model(x)
-                    if loss_fn is None:
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-                    else:
-                        loss = loss_fn(logits.float(), x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                bar.update()
-            elapsed += time.perf_counter() - t0
-            history.epoch.append(epoch + 1)
-            history.train_loss.append(float(loss_sum) / seen)
-            history.train_accuracy.append(float(correct) / seen)
-            history.lr.append(lr)
-            history.seconds.append(elapsed)
-            history.images_seen += seen
-            postfix = {"epoch": epoch + 1, "loss": f"{history.train_loss[-1]:.3f}"}
+            stats = run_epoch(model, data, config=config, seed=seed, epoch=epoch, optimizer=optimizer,
+                              loss_fn=loss_fn, device=device, precision=precision, bar=bar)
+            postfix = history.record(epoch + 1, stats)
             if test_data is not None:
                 metrics = evaluate(model, test_data, device=device, precision=precision)
                 history.test_loss.append(metrics["loss"])
@@ -224,45 +268,16 @@ def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int 
             bar.set_postfix(postfix)
     finally:
         bar.close()
-    if optimizer_state is not None:
-        optimizer_state.clear()
-        optimizer_state.update(optimizer.state_dict())  # this optimiser is discarded: no copy needed
     return history
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = 1000,
-                   device: torch.device | str | None = None, precision: str = "auto") -> torch.Tensor:
-    """Logits (N, C) as float32 on the CPU, in eval mode (the model's mode is restored after).
-    `device`: where to run (the model is moved there); default: where the model's parameters are."""
+def train_part(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int, epoch: int,
+               part: tuple[int, int], optimizer: torch.optim.Optimizer,
+               device: torch.device | str | None = None) -> StepStats:
+    """Slice `part=(i, k)` of epoch `epoch` of the `config` schedule, stepping `optimizer` (the
+    caller's, so that momentum can carry over from one slice to the next; federated rounds shorter
+    than an epoch use it). k calls i = 0..k-1 with one optimiser equal one epoch exactly.
+    The model must already be on `device` in channels_last (see `prepare`)."""
     device = torch.device(device) if device is not None else model_device(model)
-    model.to(device)
-    precision = resolve_precision(precision, device)
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
-        for x, _ in iterate_batches(data, batch_size, device=device):
-            with autocast(device, precision):
-                out.append(model(x).float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
-
-
-def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 1000,
-             device: torch.device | str | None = None, precision: str = "auto") -> dict[str, float]:
-    """Test accuracy (0-1) and mean cross-entropy loss of `model` on `data`, as plain floats."""
-    logits = predict_logits(model, data, batch_size=batch_size, device=device, precision=precision)
-    labels = data.labels.cpu()
-    return {
-        "accuracy": float((logits.argmax(1) == labels).float().mean()),
-        "loss": float(F.cross_entropy(logits, labels)),
-    }
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (the CPU for a model without parameters)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
+    return run_epoch(model, data.to(device), config=config, seed=seed, epoch=epoch, optimizer=optimizer, part=part,
+                     device=device, precision=resolve_precision(config.precision, device))

@@ -100,14 +100,3 @@ def test_load_refuses_pickled_code(tmp_path, capsys):
     assert load_checkpoint(path, _build(), {}) is None
     out = capsys.readouterr().out
     assert "corrupt" in out and "pwned" not in out.split("corrupt")[0]
-
-
-def test_spawned_siblings_share_one_parent_checkpoint(tiny_data, tmp_path):
-    from helpers.data import CIFAR10
-    from helpers.pairs import get_spawned_children
-    from helpers.presets import get_preset
-    preset = get_preset("smoke")
-    data = CIFAR10(tiny_data.train, tiny_data.test, "synthetic")
-    get_spawned_children(preset, data, 3, progress=False)
-    parents = sorted(p.name for p in checkpoints.checkpoint_dir().glob("*parent*.pt"))
-    assert len(parents) == 1 and parents[0].startswith("smoke-spawned-parent-")

@@ -76,7 +76,7 @@ def test_iid_split_partitions_exactly(tiny_data):
 @pytest.mark.parametrize("alpha", [0.1, 1.0, 100.0])
 def test_dirichlet_split_partitions_exactly(alpha):
     data = synthetic_cifar(1000, 10, seed=1).train
-    parts = dirichlet_split(data, 4, alpha=alpha, seed=0)
+    parts = dirichlet_split(data, 4, dirichlet_alpha=alpha, seed=0)
     assert sum(len(p) for p in parts) == len(data)
     counts = torch.tensor([p.class_counts() for p in parts])
     assert counts.sum(0).tolist() == data.class_counts()
@@ -85,13 +85,13 @@ def test_dirichlet_split_partitions_exactly(alpha):
 def test_dirichlet_small_alpha_is_skewed_large_alpha_is_not():
     data = synthetic_cifar(2000, 10, seed=1).train
     def skew(alpha):
-        counts = torch.tensor([p.class_counts() for p in dirichlet_split(data, 2, alpha=alpha, seed=0)]).float()
+        counts = torch.tensor([p.class_counts() for p in dirichlet_split(data, 2, dirichlet_alpha=alpha, seed=0)]).float()
         share = counts[0] / counts.sum(0)  # fraction of each class in part 0
         return float((share - 0.5).abs().mean())
     assert skew(0.1) > 0.3
     assert skew(1000.0) < 0.05
     with pytest.raises(ValueError, match="alpha"):
-        dirichlet_split(data, 2, alpha=0)
+        dirichlet_split(data, 2, dirichlet_alpha=0)
 
 
 def test_train_val_split_is_stratified_and_disjoint():

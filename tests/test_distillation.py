@@ -2,11 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.distillation import distill, distillation_loss
+from helpers.distillation import CachedTeacher, distill, distillation_loss
+from helpers.data import synthetic_cifar
 from helpers.ensembling import Ensemble
 from helpers.models import course_cnn, student_cnn
 from helpers.repro import seed_everything
-from helpers.training import TrainConfig, predict_logits, train
+from helpers.evaluation import predict_logits
+from helpers.training import TrainConfig, train
 
 torch.manual_seed(0)
 S = torch.randn(16, 10)
@@ -16,15 +18,15 @@ Y = torch.randint(0, 10, (16,))
 
 def test_kd_term_is_zero_when_student_equals_teacher():
     for temperature in (1.0, 4.0):
-        assert float(distillation_loss(T.clone(), T, Y, temperature=temperature, alpha=1.0)) == pytest.approx(0, abs=1e-6)
-    assert float(distillation_loss(T.clone(), T, Y, alpha=1.0, kind="mse")) == 0
+        assert float(distillation_loss(T.clone(), T, Y, temperature=temperature, soft_weight=1.0)) == pytest.approx(0, abs=1e-6)
+    assert float(distillation_loss(T.clone(), T, Y, soft_weight=1.0, objective="mse")) == 0
 
 
-def test_alpha_selects_pure_ce_and_pure_kd():
-    assert torch.allclose(distillation_loss(S, T, Y, alpha=0.0), F.cross_entropy(S, Y))
+def test_soft_weight_selects_pure_ce_and_pure_kd():
+    assert torch.allclose(distillation_loss(S, T, Y, soft_weight=0.0), F.cross_entropy(S, Y))
     kd = F.kl_div(F.log_softmax(S / 4, 1), F.softmax(T / 4, 1), reduction="batchmean") * 16
-    assert torch.allclose(distillation_loss(S, T, Y, alpha=1.0, temperature=4.0), kd, atol=1e-6)
-    mixed = distillation_loss(S, T, Y, alpha=0.3, temperature=4.0)
+    assert torch.allclose(distillation_loss(S, T, Y, soft_weight=1.0, temperature=4.0), kd, atol=1e-6)
+    mixed = distillation_loss(S, T, Y, soft_weight=0.3, temperature=4.0)
     assert torch.allclose(mixed, 0.3 * kd + 0.7 * F.cross_entropy(S, Y), atol=1e-6)
 
 
@@ -39,7 +41,7 @@ def test_t_squared_keeps_gradient_scale_roughly_constant():
     norms = {}
     for t in (2.0, 8.0):
         s = S.clone().requires_grad_(True)
-        distillation_loss(s, T, Y, temperature=t, alpha=1.0).backward()
+        distillation_loss(s, T, Y, temperature=t, soft_weight=1.0).backward()
         norms[t] = float(s.grad.norm())
     # Without the T^2 factor the ratio would be about (8/2)^2 = 16.
     assert 0.5 < norms[2.0] / norms[8.0] < 3
@@ -50,29 +52,56 @@ def test_shape_checks_are_clear():
         distillation_loss(S, T[:, :5], Y)
     with pytest.raises(ValueError, match="targets"):
         distillation_loss(S, T, Y[:3])
-    with pytest.raises(ValueError, match="kind"):
-        distillation_loss(S, T, Y, kind="l1")
+    with pytest.raises(ValueError, match="objective"):
+        distillation_loss(S, T, Y, objective="l1")
 
 
-def test_short_distill_run_moves_student_towards_teacher(tiny_data):
+class PermutedTeacher(torch.nn.Module):
+    """Predicts class perm[c] wherever `model` predicts class c (its logits, columns moved)."""
+
+    def __init__(self, model, perm):
+        super().__init__()
+        self.model, self.perm = model, perm
+
+    def forward(self, x):
+        logits = self.model(x)
+        out = torch.empty_like(logits)
+        out[:, self.perm] = logits
+        return out
+
+
+def test_student_learns_what_the_teacher_says_not_the_labels():
+    """With soft_weight=1 the labels are ignored: a student of a teacher that maps every class c to
+    perm[c] must learn the permutation. (If distillation silently stopped and the student fell back
+    to the labels, it would predict the true classes and fail here.)"""
+    data = synthetic_cifar(2048, 256, seed=0)   # enough steps for a teacher far above chance
     seed_everything(0)
-    teacher = course_cnn(0.25)
-    train(teacher, tiny_data.train, config=TrainConfig(num_epochs=2, batch_size=64, lr=0.1), progress=False, device="cpu")
+    model = course_cnn(0.25)
+    train(model, data.train, config=TrainConfig(num_epochs=2, batch_size=64, lr=0.1), progress=False, device="cpu")
+    perm = torch.roll(torch.arange(10), 3)   # class c -> c - 3 (mod 10): no class is a fixed point
+    teacher = PermutedTeacher(model, perm)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     seed_everything(1)
     student = student_cnn(0.5)
-    def agreement():
-        return float((predict_logits(student, tiny_data.test).argmax(1) ==
-                      predict_logits(teacher, tiny_data.test).argmax(1)).float().mean())
-    before = agreement()
-    distill(student, Ensemble([teacher]), tiny_data.train, config=TrainConfig(num_epochs=2, batch_size=64, lr=0.05),
-            alpha=1.0, progress=False, device="cpu")
-    assert agreement() > before + 0.2
+    distill(student, teacher, data.train, config=TrainConfig(num_epochs=2, batch_size=64, lr=0.05),
+            soft_weight=1.0, temperature=1.0, progress=False, device="cpu")
+    predicted = predict_logits(student, data.test).argmax(1)
+    labels = data.test.labels
+    assert float((predicted == perm[labels]).float().mean()) > 0.5
+    assert float((predicted == labels).float().mean()) < 0.2
     assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())  # teacher untouched
 
 
+def test_bad_options_fail_before_any_training(tiny_data):
+    student = student_cnn(0.5)
+    before = [p.clone() for p in student.parameters()]
+    with pytest.raises(ValueError, match="soft_weight"):
+        distill(student, Ensemble([course_cnn(0.25)]), tiny_data.train, config=TrainConfig(num_epochs=1, batch_size=64),
+                soft_weight=1.5, progress=False, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
 def test_cached_teacher_reuses_only_identical_batches():
-    from helpers.distillation import CachedTeacher
     calls = []
 
     class Counting(torch.nn.Module):

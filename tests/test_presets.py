@@ -31,8 +31,3 @@ def test_overrides_and_smoke_is_hermetic():
     assert abs(len(data.val) - smoke.synthetic_train * smoke.val_fraction) <= 10  # stratified: rounded per class
     train_rows = {bytes(r) for r in data.train.images.flatten(1).numpy()}
     assert not any(bytes(r) in train_rows for r in data.val.images.flatten(1).numpy())  # held out, not copied
-
-
-def test_real_presets_use_real_data():
-    assert PRESETS["cpu"].data == PRESETS["gpu"].data == "cifar10"
-    assert PRESETS["gpu"].width > PRESETS["cpu"].width

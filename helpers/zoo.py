@@ -1,0 +1,428 @@
+"""The course's trained models, cached: every recipe the notebooks share (introduced in notebook 02).
+
+Each `get_*` function returns a trained model (and its `History`) for a preset: loaded from the
+checkpoint cache, or trained now with exactly the config that notebook 02 (or 06, 07) uses when the
+cache is empty. So every notebook can run on its own, in any order.
+
+| recipe                  | what it is                                                                  |
+|-------------------------|-----------------------------------------------------------------------------|
+| `get_pair(kind, ...)`   | two course models; `kind` says what differs between model_a and model_b:     |
+|   `independent`         |   initial weights and data order                                            |
+|   `shared_init`         |   data order only (same initial weights)                                    |
+|   `spawned`             |   a parent trains `spawn_epoch` epochs, then two children finish the        |
+|                         |   schedule with different data orders (Frankle et al., 2020)                |
+|   `disjoint`            |   training data: each sees one label-skewed half (Dirichlet split)          |
+| `get_spawned_children`  | more children of the spawned pair's parent (soups)                          |
+| `get_joint`             | one course model trained on all the training data                           |
+| `get_student`           | the small student CNN trained from scratch (notebook 06's baseline)          |
+| `get_distilled_student` | the student distilled from a teacher (`helpers.distillation`)               |
+| `get_fedavg`            | FedAvg of the course CNN over client splits (`helpers.federated`)           |
+| `distillation_study`    | notebook 06's sweep: scratch vs distilled students, temperature chosen on val |
+
+Every seed the recipes use is in `SEEDS`, in one place, so no two recipes share a stream by
+accident. Every cache key is a frozen dataclass (`RunConfig`, `DistillRun`, `FedRun`) holding
+everything that determines the result, the teacher's weights included for distilled students.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from helpers.checkpoints import train_or_load
+from helpers.data import DataSplits, TensorData, dirichlet_split
+from helpers.devices import pick_device
+from helpers.distillation import CachedTeacher, distill
+from helpers.ensembling import Ensemble
+from helpers.evaluation import evaluate
+from helpers.federated import client_split, fedavg
+from helpers.models import course_cnn, student_cnn
+from helpers.presets import Preset
+from helpers.repro import seed_everything
+from helpers.training import History, TrainConfig, train_epochs
+
+PAIR_KINDS = ("independent", "shared_init", "spawned", "disjoint")
+DISJOINT_ALPHA = 0.5   # Dirichlet concentration of the disjoint pair's split
+
+# Every seed a recipe uses (initial weights and data order), in one table. Spawned child i uses
+# data seed `spawned_children + i` (children 0 and 1 are the spawned pair); student seed s uses
+# `student + s`, and disjoint member i `disjoint + i`.
+SEEDS: Mapping[str, int] = MappingProxyType({
+    "independent_a": 1,
+    "independent_b": 2,
+    "shared_init": 3,            # init and model_a's data order
+    "shared_init_b_data": 4,     # model_b's data order
+    "spawned_parent": 5,         # the parent's init and data order
+    "spawned_children": 6,       # first child's data order (then 7, 8, ...)
+    "disjoint": 8,               # member i: init and data order 8 + i
+    "joint": 10,
+    "fedavg_init": 30,           # the server model's initial weights, every FedAvg setting
+    "student": 100,              # student seed s: init and data order 100 + s
+    "dirichlet_split": 0,        # the disjoint pair's data split
+})
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Which training images a run uses: all of them, or part `index` of `parts` of a Dirichlet
+    label-skewed split (`helpers.data.dirichlet_split`) with concentration `dirichlet_alpha`."""
+
+    dirichlet_alpha: float | None = None   # None: all training images
+    index: int = 0
+    parts: int = 1
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.parts:
+            raise ValueError(f"need 0 <= index < parts, got index={self.index}, parts={self.parts}")
+        if self.dirichlet_alpha is None and self.parts != 1:
+            raise ValueError("a subset with parts > 1 needs a dirichlet_alpha")
+
+    def select(self, train: TensorData) -> TensorData:
+        if self.dirichlet_alpha is None:
+            return train
+        return dirichlet_split(train, self.parts, dirichlet_alpha=self.dirichlet_alpha,
+                               seed=self.split_seed)[self.index]
+
+
+ALL = Subset()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one trained model (the checkpoint key)."""
+
+    arch: str                 # "course" | "student"
+    width: float              # width multiplier
+    init_seed: int            # seeds the initial weights
+    data_seed: int            # seeds the data order and augmentation
+    train: TrainConfig
+    data: str                 # the data the preset uses, e.g. "synthetic:2048:synthetic"
+    subset: Subset = ALL      # which training images
+    start_epoch: int = 0      # >0: continue from `parent` at this epoch of the schedule
+    stop_epoch: int = 0       # 0: the end of the schedule
+    parent: "RunConfig | None" = None
+
+
+@dataclass
+class Pair:
+    """Two trained models and their histories."""
+
+    kind: str
+    model_a: nn.Module
+    model_b: nn.Module
+    history_a: History
+    history_b: History
+    train_a: TensorData       # the training data each member saw
+    train_b: TensorData
+
+
+def data_tag(preset: Preset, data: DataSplits) -> str:
+    """The data's identity in cache keys."""
+    return f"{preset.data}:{len(data.train)}:{data.source}"
+
+
+def build_model(arch: str, width: float, init_seed: int) -> nn.Module:
+    """A freshly initialised model; the same `init_seed` gives the same weights."""
+    builders = {"course": course_cnn, "student": student_cnn}
+    if arch not in builders:
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(builders)}")
+    seed_everything(init_seed)
+    return builders[arch](width)
+
+
+def train_run(config: RunConfig, data: DataSplits, *, name: str, parent_name: str | None = None,
+              progress: bool = True) -> tuple[nn.Module, History]:
+    """Train (or load) the model described by `config`; histories of spawned runs include the parent's.
+
+    parent_name: checkpoint name of `config.parent` (default `<name>-parent`). Siblings must pass the
+    same name, so that they load one parent instead of each training their own."""
+    train_data = config.subset.select(data.train)
+    parent_history = None
+    if config.parent is not None:
+        parent, parent_history = train_run(config.parent, data, name=parent_name or f"{name}-parent",
+                                           progress=progress)
+
+    def build() -> nn.Module:
+        model = build_model(config.arch, config.width, config.init_seed)
+        if config.parent is not None:
+            model.load_state_dict(parent.state_dict())
+        return model
+
+    def fit(model: nn.Module) -> History:
+        return train_epochs(model, train_data, config=config.train, seed=config.data_seed, start_epoch=config.start_epoch,
+                            stop_epoch=config.stop_epoch or config.train.num_epochs, test_data=data.test,
+                            progress=progress, desc=name)
+
+    model, history = train_or_load(name, config, build, fit)
+    if parent_history is not None:
+        history = parent_history.then(history)
+    return model.to(pick_device()).eval(), history
+
+
+def course_config(preset: Preset, data: DataSplits, seed: int) -> RunConfig:
+    """The course CNN under `preset`, with init and data seed `seed`."""
+    return RunConfig(arch="course", width=preset.width, init_seed=seed, data_seed=seed, train=preset.train,
+                     data=data_tag(preset, data))
+
+
+def pair_configs(kind: str, preset: Preset, data: DataSplits) -> tuple[RunConfig, RunConfig]:
+    """The two run configs of a pair kind under `preset`."""
+    if kind == "independent":
+        return course_config(preset, data, SEEDS["independent_a"]), course_config(preset, data, SEEDS["independent_b"])
+    if kind == "shared_init":
+        a = course_config(preset, data, SEEDS["shared_init"])
+        return a, replace(a, data_seed=SEEDS["shared_init_b_data"])
+    if kind == "spawned":
+        child = spawned_child_config(preset, data, 0)
+        return child, replace(child, data_seed=child.data_seed + 1)
+    if kind == "disjoint":
+        return tuple(replace(course_config(preset, data, SEEDS["disjoint"] + i),
+                             subset=Subset(DISJOINT_ALPHA, i, 2, SEEDS["dirichlet_split"])) for i in range(2))
+    raise ValueError(f"unknown pair kind {kind!r}; valid kinds: {', '.join(PAIR_KINDS)}")
+
+
+def spawned_child_config(preset: Preset, data: DataSplits, index: int) -> RunConfig:
+    """Child `index` of the spawned parent (which trains the first `preset.spawn_epoch` epochs)."""
+    parent = replace(course_config(preset, data, SEEDS["spawned_parent"]), stop_epoch=preset.spawn_epoch)
+    return replace(parent, stop_epoch=0, start_epoch=preset.spawn_epoch, parent=parent,
+                   data_seed=SEEDS["spawned_children"] + index)
+
+
+def get_pair(kind: str, preset: Preset, data: DataSplits, *, progress: bool = True) -> Pair:
+    """The trained pair `kind` (one of `PAIR_KINDS`) for `preset`, from the cache or trained now."""
+    config_a, config_b = pair_configs(kind, preset, data)
+    parent = f"{preset.name}-{kind}-parent"
+    model_a, history_a = train_run(config_a, data, name=f"{preset.name}-{kind}-a", parent_name=parent, progress=progress)
+    model_b, history_b = train_run(config_b, data, name=f"{preset.name}-{kind}-b", parent_name=parent, progress=progress)
+    return Pair(kind, model_a, model_b, history_a, history_b,
+                config_a.subset.select(data.train), config_b.subset.select(data.train))
+
+
+def get_spawned_children(preset: Preset, data: DataSplits, num_children: int, *,
+                         progress: bool = True) -> list[tuple[nn.Module, History]]:
+    """`num_children` children of the spawned pair's parent, each with its own data order; the
+    first two are the spawned pair's model_a and model_b (loaded from the same cache files)."""
+    return [train_run(spawned_child_config(preset, data, i), data,
+                      name=f"{preset.name}-spawned-{'ab'[i] if i < 2 else f'c{i}'}",
+                      parent_name=f"{preset.name}-spawned-parent", progress=progress)
+            for i in range(num_children)]
+
+
+def get_joint(preset: Preset, data: DataSplits, *, progress: bool = True) -> tuple[nn.Module, History]:
+    """One course model trained on all the training data (its own seeds, `SEEDS["joint"]`)."""
+    return train_run(course_config(preset, data, SEEDS["joint"]), data, name=f"{preset.name}-joint", progress=progress)
+
+
+def student_config(preset: Preset, data: DataSplits, seed: int) -> RunConfig:
+    """The student CNN under `preset`, student seed `seed` (init and data seed `SEEDS["student"] + seed`)."""
+    return RunConfig(arch="student", width=preset.student_width, init_seed=SEEDS["student"] + seed,
+                     data_seed=SEEDS["student"] + seed, train=preset.train, data=data_tag(preset, data))
+
+
+def get_student(preset: Preset, data: DataSplits, *, seed: int = 0, progress: bool = True) -> tuple[nn.Module, History]:
+    """The student CNN trained from scratch on all training data with the preset schedule:
+    the baseline of notebook 06, a mixed-architecture member in 05."""
+    return train_run(student_config(preset, data, seed), data, name=f"{preset.name}-student-s{seed}", progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distilled students
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """A hash of what a module computes: its structure (`repr`, which for an `Ensemble` includes the
+    combine rule) and every parameter and buffer (name, dtype, shape, values). A `CachedTeacher` has
+    the fingerprint of the teacher it wraps. Two modules with the same fingerprint give the same outputs."""
+    if isinstance(module, CachedTeacher):
+        module = module.teacher
+    h = hashlib.sha256(repr(module).encode())
+    for name, t in (*module.named_parameters(), *module.named_buffers()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DistillRun:
+    """Everything that determines a distilled student (the checkpoint key)."""
+
+    student: RunConfig                 # architecture, seeds, schedule (same seeds as the scratch student)
+    teacher: str                       # the teacher's name, for people ("ensemble", "member", ...)
+    teacher_fingerprint: str           # `module_fingerprint` of the teacher: its weights and combine rule
+    objective: str                     # "kl" | "mse"
+    temperature: float
+    soft_weight: float                 # weight of the distillation term (1 - soft_weight on cross-entropy)
+
+
+def pair_teachers(preset: Preset, data: DataSplits, *, progress: bool = True) -> dict[str, nn.Module]:
+    """The course's two teachers, from the independent pair: `member` (model_a) and `ensemble`
+    (the mean of both members' logits)."""
+    pair = get_pair("independent", preset, data, progress=progress)
+    return {"member": pair.model_a, "ensemble": Ensemble([pair.model_a, pair.model_b], combine="mean_logits")}
+
+
+def get_distilled_student(preset: Preset, data: DataSplits, *, teacher: str = "ensemble",
+                          teacher_module: nn.Module | None = None, objective: str = "kl", temperature: float = 4.0,
+                          soft_weight: float = 0.9, seed: int = 0, progress: bool = True) -> tuple[nn.Module, History]:
+    """The student distilled from a teacher, with the same initial weights and data order as
+    `get_student(seed=seed)`, so the two differ only in the loss.
+
+    teacher: a name for the teacher; without `teacher_module`, one of `pair_teachers` ("member" or
+        "ensemble"). teacher_module: any teacher (e.g. a `CachedTeacher`, to share its outputs across
+        students). The cache key holds the teacher's fingerprint, so a different teacher never gets
+        another's student."""
+    if teacher_module is None:
+        teachers = pair_teachers(preset, data, progress=progress)
+        if teacher not in teachers:
+            raise ValueError(f"teacher must be one of {', '.join(teachers)} (or pass teacher_module=); got {teacher!r}")
+        teacher_module = teachers[teacher]
+    run = DistillRun(student_config(preset, data, seed), teacher, module_fingerprint(teacher_module), objective,
+                     float(temperature), float(soft_weight))
+
+    def build() -> nn.Module:
+        return build_model("student", run.student.width, run.student.init_seed)
+
+    def fit(model: nn.Module) -> History:
+        if isinstance(teacher_module, CachedTeacher):
+            teacher_module.restart()
+        return distill(model, teacher_module, data.train, config=run.student.train, temperature=temperature,
+                       soft_weight=soft_weight, objective=objective, seed=run.student.data_seed, test_data=data.test,
+                       progress=progress, desc=f"KD {teacher} {objective} T={temperature:g} s{seed}")
+
+    model, history = train_or_load(f"{preset.name}-kd-{teacher}-{objective}-s{seed}", run, build, fit)
+    return model.to(pick_device()).eval(), history
+
+
+@dataclass
+class StudentRun:
+    """One trained student: test and validation accuracy (0-1) and its training time."""
+
+    test_accuracy: float
+    val_accuracy: float
+    train_seconds: float
+
+
+@dataclass
+class DistillationStudy:
+    """Notebook 06's experiment: `runs[name][seed]` for every student configuration trained."""
+
+    runs: dict[str, dict[int, StudentRun]] = field(default_factory=dict)
+    temperature: float = 0.0                        # chosen on data.val
+    val_by_temperature: dict[float, float] = field(default_factory=dict)
+    chosen: str = ""                                # the name of the chosen KD configuration
+    cache_hits: int = 0                             # teacher outputs reused instead of recomputed
+
+    def accuracies(self, name: str) -> list[float]:
+        return [r.test_accuracy for r in self.runs[name].values()]
+
+    def summary(self) -> dict[str, dict]:
+        """Per configuration: test accuracy per seed, mean, std (0 for one seed), val accuracy, seconds."""
+        out = {}
+        for name, by_seed in self.runs.items():
+            acc = self.accuracies(name)
+            out[name] = {"accuracy": acc, "seeds": list(by_seed), "mean": statistics.fmean(acc),
+                         "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                         "val_accuracy": [r.val_accuracy for r in by_seed.values()],
+                         "train_seconds_mean": statistics.fmean(r.train_seconds for r in by_seed.values())}
+        return out
+
+
+def distillation_study(preset: Preset, data: DataSplits, *, teachers: Mapping[str, nn.Module],
+                       temperatures: Sequence[float], soft_weight: float, seeds: Sequence[int],
+                       progress: bool = True) -> DistillationStudy:
+    """Notebook 06's sweep, spending students where they answer a question:
+
+    1. on the first seed: the scratch student, KD from the ensemble with MSE on logits, and KL at each
+       of `temperatures`;
+    2. the temperature with the best **validation** accuracy is chosen (never the test set);
+    3. on every other seed: scratch and the chosen KD recipe; on the first seed, one member as the
+       teacher at the chosen temperature.
+    `teachers` must hold "ensemble" and "member". Teacher outputs are computed once per batch and
+    shared by students that see the same batches (`CachedTeacher`)."""
+    cached = {name: CachedTeacher(t) for name, t in teachers.items()}
+    study = DistillationStudy()
+    device = pick_device()
+
+    def run(name: str, seed: int, **kd) -> None:
+        if kd:
+            model, history = get_distilled_student(preset, data, seed=seed, soft_weight=soft_weight,
+                                                   teacher_module=cached[kd["teacher"]], progress=progress, **kd)
+        else:
+            model, history = get_student(preset, data, seed=seed, progress=progress)
+        study.runs.setdefault(name, {})[seed] = StudentRun(evaluate(model, data.test, device=device)["accuracy"],
+                                                           evaluate(model, data.val, device=device)["accuracy"],
+                                                           history.train_seconds)
+
+    first = seeds[0]
+    run("scratch", first)
+    run("KD ensemble (MSE)", first, teacher="ensemble", objective="mse", temperature=1.0)
+    for t in temperatures:
+        run(f"KD ensemble (KL, T={t:g})", first, teacher="ensemble", objective="kl", temperature=t)
+    study.val_by_temperature = {t: study.runs[f"KD ensemble (KL, T={t:g})"][first].val_accuracy
+                                for t in temperatures}
+    study.temperature = max(study.val_by_temperature, key=study.val_by_temperature.get)
+    study.chosen = f"KD ensemble (KL, T={study.temperature:g})"
+    for seed in seeds[1:]:
+        run("scratch", seed)
+        run(study.chosen, seed, teacher="ensemble", objective="kl", temperature=study.temperature)
+    run(f"KD member (KL, T={study.temperature:g})", first, teacher="member", objective="kl",
+        temperature=study.temperature)
+    study.cache_hits = sum(c.hits for c in cached.values())
+    return study
+
+
+# ----------------------------------------------------------------------------------------------
+# FedAvg runs
+
+
+@dataclass(frozen=True)
+class FedRun:
+    """Everything that determines a FedAvg run of the course (the checkpoint key)."""
+
+    model: RunConfig                   # architecture, initial weights (init seed), data tag
+    client_train: TrainConfig          # the clients' schedule (batch size per client, peak lr, ...)
+    num_clients: int
+    dirichlet_alpha: float | None      # None = IID split
+    split_seed: int
+    rounds: int
+    local_epochs: int
+    averages_per_epoch: int
+    keep_client_momentum: bool
+
+
+def get_fedavg(preset: Preset, data: DataSplits, *, num_clients: int, dirichlet_alpha: float | None, rounds: int,
+               local_epochs: int = 1, averages_per_epoch: int = 1, client_batch_size: int | None = None,
+               keep_client_momentum: bool = True, seed: int = 0, progress: bool = True) -> tuple[nn.Module, History]:
+    """FedAvg of the course CNN under `preset` (cached): returns (server model, History).
+
+    Clients: `client_split(data.train, ...)` with split seed `seed`. Each client's batch is
+    `client_batch_size`, by default the preset's batch size divided by `num_clients`: one step of every
+    client then processes as many images as one step of the joint model, so at equal epochs both take
+    the same number of steps. The server starts from the same initial weights for every setting."""
+    batch = client_batch_size or max(1, preset.train.batch_size // num_clients)
+    clients = client_split(data.train, num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, seed=seed)
+    too_small = [len(c) for c in clients if len(c) < batch * averages_per_epoch]
+    if too_small:
+        raise ValueError(f"a client has {too_small[0]} images, fewer than {averages_per_epoch} batch(es) of {batch}; "
+                         "use fewer clients, a larger dirichlet_alpha or fewer averages per epoch")
+    init = course_config(preset, data, SEEDS["fedavg_init"])
+    client_train = replace(preset.train, batch_size=batch)
+    run = FedRun(init, client_train, num_clients, dirichlet_alpha, seed, rounds, local_epochs, averages_per_epoch,
+                 keep_client_momentum)
+    split = "iid" if dirichlet_alpha is None else f"dir{dirichlet_alpha:g}"
+    name = (f"{preset.name}-fedavg-{split}-c{num_clients}-r{rounds}-e{local_epochs}"
+            + (f"-a{averages_per_epoch}" if averages_per_epoch > 1 else ""))
+    model, history = train_or_load(
+        name, run, lambda: build_model("course", preset.width, init.init_seed),
+        lambda model: fedavg(model, clients, rounds=rounds, local_epochs=local_epochs,
+                             averages_per_epoch=averages_per_epoch, keep_client_momentum=keep_client_momentum,
+                             config=client_train, seed=init.data_seed, test_data=data.test, progress=progress))
+    return model.to(pick_device()).eval(), history

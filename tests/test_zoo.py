@@ -1,0 +1,145 @@
+"""The recipe module: every recipe trains once in `smoke`, then comes from the cache; keys are honest."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import helpers.zoo as zoo
+from helpers import checkpoints
+from helpers.data import DataSplits, synthetic_cifar, train_val_split
+from helpers.presets import get_preset
+from helpers.zoo import SEEDS, Subset
+
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    full = synthetic_cifar(640, 256, seed=0)
+    train, val = train_val_split(full.train, 0.2, seed=0)
+    return DataSplits(train, full.test, "synthetic", val=val)
+
+
+@pytest.fixture
+def preset():
+    return replace(get_preset("smoke"), train=replace(get_preset("smoke").train, batch_size=64))
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """Counts the trainings the recipes start (whole runs, distillations, FedAvg runs)."""
+    count = {"n": 0}
+    for name in ("train_epochs", "distill", "fedavg"):
+        real = getattr(zoo, name)
+
+        def counted(*args, _real=real, **kwargs):
+            count["n"] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(zoo, name, counted)
+    return count
+
+
+def _same_weights(m1, m2):
+    return all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+RECIPES = {
+    "pair independent": lambda p, d: zoo.get_pair("independent", p, d, progress=False).model_b,
+    "pair shared_init": lambda p, d: zoo.get_pair("shared_init", p, d, progress=False).model_b,
+    "pair spawned": lambda p, d: zoo.get_pair("spawned", p, d, progress=False).model_b,
+    "pair disjoint": lambda p, d: zoo.get_pair("disjoint", p, d, progress=False).model_b,
+    "spawned children": lambda p, d: zoo.get_spawned_children(p, d, 3, progress=False)[2][0],
+    "joint": lambda p, d: zoo.get_joint(p, d, progress=False)[0],
+    "student": lambda p, d: zoo.get_student(p, d, seed=1, progress=False)[0],
+    "distilled student": lambda p, d: zoo.get_distilled_student(p, d, teacher="member", temperature=2.0,
+                                                                 progress=False)[0],
+    "fedavg": lambda p, d: zoo.get_fedavg(p, d, num_clients=2, dirichlet_alpha=0.5, rounds=2,
+                                          averages_per_epoch=2, progress=False)[0],
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=list(RECIPES))
+def test_recipe_trains_once_then_hits_the_cache(recipe, preset, smoke_data, trainings):
+    first = RECIPES[recipe](preset, smoke_data)
+    assert trainings["n"] > 0
+    trainings["n"] = 0
+    second = RECIPES[recipe](preset, smoke_data)
+    assert trainings["n"] == 0, f"{recipe}: trained again instead of loading its checkpoint"
+    assert _same_weights(first, second)
+
+
+def test_distillation_study_chooses_on_validation_and_reuses_teacher_outputs(preset, smoke_data, trainings):
+    teachers = zoo.pair_teachers(preset, smoke_data, progress=False)
+    study = zoo.distillation_study(preset, smoke_data, teachers=teachers, temperatures=(1.0, 4.0), soft_weight=0.9,
+                                   seeds=[0, 1], progress=False)
+    assert study.temperature == max(study.val_by_temperature, key=study.val_by_temperature.get)
+    assert set(study.runs) == {"scratch", "KD ensemble (MSE)", "KD ensemble (KL, T=1)", "KD ensemble (KL, T=4)",
+                               f"KD member (KL, T={study.temperature:g})"}
+    assert set(study.runs["scratch"]) == {0, 1} and set(study.runs[study.chosen]) == {0, 1}
+    assert study.cache_hits > 0   # students of one seed see the same batches: the ensemble ran once per batch
+    summary = study.summary()
+    assert summary["scratch"]["std"] >= 0 and len(summary["scratch"]["accuracy"]) == 2
+    trainings["n"] = 0
+    again = zoo.distillation_study(preset, smoke_data, teachers=teachers, temperatures=(1.0, 4.0), soft_weight=0.9,
+                                   seeds=[0, 1], progress=False)
+    assert trainings["n"] == 0 and again.summary() == summary
+
+
+def test_distilled_students_of_different_teachers_never_share_a_cache_entry(preset, smoke_data, trainings):
+    pair = zoo.get_pair("independent", preset, smoke_data, progress=False)
+    from_a, _ = zoo.get_distilled_student(preset, smoke_data, teacher="custom", teacher_module=pair.model_a,
+                                          progress=False)
+    trainings["n"] = 0
+    # same name, different module: must train, not load the first teacher's student
+    from_b, _ = zoo.get_distilled_student(preset, smoke_data, teacher="custom", teacher_module=pair.model_b,
+                                          progress=False)
+    assert trainings["n"] == 1 and not _same_weights(from_a, from_b)
+    assert zoo.module_fingerprint(pair.model_a) != zoo.module_fingerprint(pair.model_b)
+    ensemble = zoo.pair_teachers(preset, smoke_data, progress=False)["ensemble"]
+    other_rule = zoo.Ensemble(list(ensemble.members), combine="mean_probs")
+    assert zoo.module_fingerprint(ensemble) != zoo.module_fingerprint(other_rule)   # same weights, other function
+    assert zoo.module_fingerprint(zoo.CachedTeacher(ensemble)) == zoo.module_fingerprint(ensemble)
+
+
+def test_cache_keys_change_with_data_and_config(preset, smoke_data):
+    config = zoo.course_config(preset, smoke_data, SEEDS["joint"])
+    other_data = DataSplits(smoke_data.train.subset(range(500)), smoke_data.test, "synthetic", val=smoke_data.val)
+    keys = {
+        checkpoints.config_hash(config),
+        checkpoints.config_hash(zoo.course_config(preset, other_data, SEEDS["joint"])),
+        checkpoints.config_hash(replace(config, train=replace(config.train, lr=0.05))),
+        checkpoints.config_hash(replace(config, subset=Subset(0.5, 1, 2))),
+    }
+    assert len(keys) == 4
+
+
+def test_spawned_siblings_share_one_parent_checkpoint(preset, smoke_data):
+    zoo.get_spawned_children(preset, smoke_data, 3, progress=False)
+    parents = sorted(p.name for p in checkpoints.checkpoint_dir().glob("*parent*.pt"))
+    assert len(parents) == 1 and parents[0].startswith("smoke-spawned-parent-")
+
+
+def test_seeds_table_is_the_one_source_of_seeds(preset, smoke_data):
+    """No two recipes share initial weights by accident: every course model's init seed is distinct,
+    except the ones that share it on purpose (shared_init pair, spawned children)."""
+    configs = {f"{kind}_{m}": c for kind in zoo.PAIR_KINDS
+               for m, c in zip("ab", zoo.pair_configs(kind, preset, smoke_data))}
+    configs["joint"] = zoo.course_config(preset, smoke_data, SEEDS["joint"])
+    inits = {name: c.init_seed for name, c in configs.items()}
+    assert inits["shared_init_a"] == inits["shared_init_b"] and inits["spawned_a"] == inits["spawned_b"]
+    distinct = {inits[k] for k in ("independent_a", "independent_b", "shared_init_a", "spawned_a", "disjoint_a",
+                                   "disjoint_b", "joint")}
+    assert len(distinct) == 7 and SEEDS["fedavg_init"] not in distinct
+    assert configs["shared_init_a"].data_seed != configs["shared_init_b"].data_seed
+
+
+def test_subset_validation_and_selection(smoke_data):
+    assert Subset().select(smoke_data.train) is smoke_data.train
+    halves = [Subset(0.5, i, 2).select(smoke_data.train) for i in range(2)]
+    assert sum(len(h) for h in halves) == len(smoke_data.train)
+    with pytest.raises(ValueError, match="index"):
+        Subset(0.5, 2, 2)
+    with pytest.raises(ValueError, match="dirichlet_alpha"):
+        Subset(None, 0, 2)
+    with pytest.raises(ValueError, match="unknown arch"):
+        zoo.build_model("resnet", 1.0, 0)
