@@ -6,6 +6,9 @@
    recipe: a torchvision dataset with RandomCrop / RandomHorizontalFlip / ToTensor / Normalize
    transforms and a `DataLoader` (shuffle, `num_workers` = CPU count, at most 4), and the course loop
    for the same number of steps, so the two images/s figures differ only by the input pipeline.
+3. Times the student CNN in the course loop over the same steps: `student_vs_course` is its images/s
+   over the course model's (the student has several times fewer FLOPs; when the ratio stays near 1,
+   the batch pipeline, not the convolutions, sets the pace).
 
 Usage (from the project root):
     CIFAR10_DIR=../shared/data/cifar10-jpg .venv/bin/python benchmarks/train_speed.py [--preset cpu]
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 from helpers.data import MEAN, STD, DataNotFoundError, data_dir, iterate_batches, load_cifar10
 from helpers.devices import autocast, pick_device, resolve_precision
 from helpers.evaluation import evaluate
-from helpers.models import course_cnn
+from helpers.models import course_cnn, student_cnn
 from helpers.presets import get_preset
 from helpers.repro import device_name, seed_everything
 from helpers.training import make_optimizer, train
@@ -121,10 +124,19 @@ def main() -> None:
     ours = time_steps(model, iterate_batches(train_on_device, config.batch_size, shuffle=True, augment_images=True,
                                              generator=g, device=device, drop_last=True),
                       steps=args.steps, warmup=warmup, config=config, device=device, precision=precision)
+    seed_everything(1)
+    student = student_cnn(preset.student_width).to(device, memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    student_ips = time_steps(student, iterate_batches(train_on_device, config.batch_size, shuffle=True,
+                                                      augment_images=True, generator=g, device=device, drop_last=True),
+                             steps=args.steps, warmup=warmup, config=config, device=device, precision=precision)
     print(f"fixed {args.steps} steps: standard recipe {baseline:,.0f} images/s (DataLoader, {num_workers} workers), "
-          f"course loop {ours:,.0f} images/s", flush=True)
+          f"course loop {ours:,.0f} images/s ({ours / baseline:.2f}x); student in the course loop "
+          f"{student_ips:,.0f} images/s ({student_ips / ours:.2f}x the course model)", flush=True)
     result.update(baseline_images_per_second=baseline, fixed_steps_images_per_second=ours,
-                  speedup_vs_baseline=ours / baseline, baseline_num_workers=num_workers, timed_steps=args.steps)
+                  speedup_vs_baseline=ours / baseline, baseline_num_workers=num_workers, timed_steps=args.steps,
+                  student_width=preset.student_width, student_images_per_second=student_ips,
+                  student_vs_course=student_ips / ours)
     if "images_per_second" not in result:
         result["images_per_second"] = ours
     if "test_accuracy" in result:

@@ -69,7 +69,20 @@ class TensorData:
                           self.classes, self.source)
 
     def to(self, device: torch.device | str) -> "TensorData":
+        """The data on `device`: itself when it is already there (keeping its cached pixel rows)."""
+        if self.images.device == torch.device(device) and self.labels.device == torch.device(device):
+            return self
         return TensorData(self.images.to(device), self.labels.to(device), self.classes, self.source)
+
+    def pixel_rows(self) -> torch.Tensor:
+        """The images as one row per pixel, (N * H * W, 3) (see `augment`): made once per TensorData
+        and reused while the images tensor is unchanged."""
+        key = (self.images.data_ptr(), self.images._version, self.images.device)
+        cached = self.__dict__.get("_pixel_rows")
+        if cached is None or cached[0] != key:
+            cached = (key, _pixel_rows(self.images))
+            self.__dict__["_pixel_rows"] = cached
+        return cached[1]
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels.cpu(), minlength=len(self.classes)).tolist()
@@ -295,10 +308,11 @@ def synthetic_cifar(num_train: int = 2048, num_test: int = 512, *, seed: int = 0
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32, standardised per channel with CIFAR-10's mean and std."""
+    """uint8 (N, 3, H, W) -> float32 in the same memory layout, standardised per channel with
+    CIFAR-10's mean and std: `(x - mean) / std`, computed in place in one new tensor."""
     mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() - mean) / std
+    return torch.empty_like(images, dtype=torch.float32).copy_(images).sub_(mean).div_(std)
 
 
 AUGMENT_PAD = 4  # pixels of reflect padding before the random crop
@@ -311,19 +325,41 @@ def _augment_draws(b: int, generator: torch.Generator, pad: int) -> tuple[torch.
     return dy, dx, torch.rand(b, generator=generator) < 0.5
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = AUGMENT_PAD) -> torch.Tensor:
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Where index `index` (which may fall up to size - 1 outside [0, size)) reads from under reflect
+    padding: -1 -> 1, size -> size - 2 (the edge pixel is not repeated, as in `F.pad(mode="reflect")`)."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def _pixel_rows(images: torch.Tensor) -> torch.Tensor:
+    """`images` (N, 3, H, W) as one row of 3 channel values per pixel: (N * H * W, 3), a view when the
+    tensor is already channels_last, else a channels_last copy (kept on the tensor's owner by
+    `TensorData.pixel_rows`, so an epoch does not copy the data set once per batch)."""
+    return images.permute(0, 2, 3, 1).contiguous().view(-1, images.shape[1])
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = AUGMENT_PAD,
+            index: torch.Tensor | None = None, pixel_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Random crop (reflect padding by `pad`) and random horizontal flip, for a whole batch at once.
 
-    images: (B, 3, H, W) float -> (B, 3, H, W) float in channels_last memory layout."""
-    b, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-    dy, dx, flip = (t.to(images.device) for t in _augment_draws(b, generator, pad))
-    rows = dy[:, None] + torch.arange(h, device=images.device)                     # (B, H)
-    cols = dx[:, None] + torch.arange(w, device=images.device)                     # (B, W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)                          # flip = read columns backwards
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]                     # (B, H, W, 3)
-    return out.permute(0, 3, 1, 2)                                                 # (B, 3, H, W), channels_last
+    images: (N, 3, H, W) of any dtype (uint8 or float). index: (B,) which images form the batch
+    (default: all of them). pixel_rows: `images` as (N * H * W, 3), if the caller keeps it (else made
+    here). Returns (B, 3, H, W) of the same dtype in channels_last memory layout.
+    Selection, padding, crop and flip are one row gather: each output pixel is read once, with no
+    padded copy (the reflect padding is an index map)."""
+    n, c, h, w = images.shape
+    device = images.device
+    index = torch.arange(n, device=device) if index is None else index.to(device)
+    dy, dx, flip = (t.to(device) for t in _augment_draws(len(index), generator, pad))
+    rows = _reflect(dy[:, None] - pad + torch.arange(h, device=device), h)                  # (B, H)
+    cols = dx[:, None] - pad + torch.arange(w, device=device)                               # (B, W)
+    cols = _reflect(torch.where(flip[:, None], cols.flip(1), cols), w)   # flip = read columns backwards
+    pixel = (index[:, None, None] * h + rows[:, :, None]) * w + cols[:, None, :]             # (B, H, W)
+    if pixel_rows is None:
+        pixel_rows = _pixel_rows(images)
+    out = pixel_rows.index_select(0, pixel.view(-1)).view(len(index), h, w, c)              # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)                                                           # channels_last
 
 
 def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False, augment_images: bool = False,
@@ -349,12 +385,12 @@ def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False,
                 _augment_draws(len(order[start:start + batch_size]), generator, AUGMENT_PAD)
             continue
         idx = order[start:start + batch_size].to(data.images.device)
-        x = normalize(data.images[idx].to(device, non_blocking=True))
-        y = data.labels[idx].to(device, non_blocking=True)
-        if augment_images:
-            x = augment(x, generator)
+        if augment_images:  # gather, crop and flip the uint8 pixels at once; normalise only the result
+            x = augment(data.images, generator, index=idx, pixel_rows=data.pixel_rows())
+            x = normalize(x.to(device, non_blocking=True))
         else:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = normalize(data.images[idx].to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        y = data.labels[idx].to(device, non_blocking=True)
         yield x, y
 
 

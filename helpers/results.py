@@ -11,6 +11,7 @@ Notebook 08's trade-off table is built here from the other notebooks' files (`lo
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from helpers._paths import atomic_write, project_root, resolve_user_path
+from helpers.devices import pick_device, resolve_precision
+from helpers.presets import get_preset
 from helpers.repro import environment
 
 
@@ -156,3 +159,42 @@ def tradeoff_markdown(rows: Sequence[Mapping]) -> str:
         f"| {r['method']} | {r['accuracy']:.2%} | {100 * r['delta']:+.2f} | {fmt(r['nll'], '.3f')} "
         f"| {fmt(r['ece'], '.3f')} | {r['inference_x']:.2f} | {fmt(r['ms_per_batch'], '.1f')} "
         f"| {r['extra_training_x']:.2f} | {r['needs']} |\n" for r in rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Timings of a `make run`
+
+
+def save_timings(preset: str, seconds: Mapping[str, float]) -> Path:
+    """Write `results/<preset>/timings.json`: seconds per notebook (in run order), their total, and
+    what they ran on (preset, precision, device and CPU/GPU model, torch version, git commit, date)."""
+    device = pick_device()
+    env = environment(device)
+    blob = {"preset": preset, "precision": resolve_precision(get_preset(preset).train.precision, device),
+            "device": env["device"], "device_name": env["device_name"], "torch": env["torch"],
+            "git_commit": env["git_commit"], "date": env["date"],
+            "seconds": {name: float(s) for name, s in seconds.items()},
+            "total_seconds": float(sum(seconds.values()))}
+    _check_plain(blob)
+    return save_text("timings.json", json.dumps(blob, indent=2) + "\n", preset=preset)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m helpers.results timings PRESET LOG`: turn the `make run` log of `<notebook> <seconds>`
+    lines into `results/<preset>/timings.json`."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.results")
+    sub = parser.add_subparsers(dest="command", required=True)
+    timings = sub.add_parser("timings", help="write results/<preset>/timings.json from a make run log")
+    timings.add_argument("preset")
+    timings.add_argument("log", type=Path, help="lines of '<notebook stem> <seconds>'")
+    args = parser.parse_args(argv)
+    seconds = {}
+    for line in args.log.read_text().splitlines():
+        if line.strip():
+            name, value = line.split()
+            seconds[name] = float(value)
+    print(f"wrote {save_timings(args.preset, seconds)}")
+
+
+if __name__ == "__main__":
+    main()

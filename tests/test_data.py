@@ -180,3 +180,21 @@ def test_tensordata_validates_shapes():
         TensorData(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="labels"):
         TensorData(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
+
+
+def test_augmented_batches_match_pad_then_crop_reference(tiny_data):
+    """The one-gather pipeline (uint8 rows, reflect padding as an index map, normalise last) gives
+    exactly the batches of the textbook order: normalise, pad, crop, flip."""
+    from helpers.data import _augment_draws, normalize
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    batches = list(iterate_batches(tiny_data.train, 64, shuffle=True, augment_images=True, generator=g1,
+                                   drop_last=True))
+    order = torch.randperm(len(tiny_data.train), generator=g2)
+    for i, (x, _) in enumerate(batches):
+        idx = order[i * 64:(i + 1) * 64]
+        padded = torch.nn.functional.pad(normalize(tiny_data.train.images[idx]), (4, 4, 4, 4), mode="reflect")
+        dy, dx, flip = _augment_draws(64, g2, 4)
+        for j in range(64):
+            window = padded[j, :, dy[j]:dy[j] + 32, dx[j]:dx[j] + 32]
+            assert torch.equal(x[j], window.flip(-1) if flip[j] else window)
+        assert x.is_contiguous(memory_format=torch.channels_last)
