@@ -5,16 +5,28 @@ training history. It is written atomically (temp file + rename) and read with
 `torch.load(weights_only=True)`, which refuses pickled code. A file whose stored config, format or
 weight shapes do not match what is asked for is *stale*; a file that cannot be read is *corrupt*.
 Both are reported and retrained, never silently used.
+
+A cache travels as an archive (an instructor's pre-trained models, a second machine):
+`python -m helpers.checkpoints export ARCHIVE [--preset P]` and `python -m helpers.checkpoints import
+ARCHIVE`. The archive lists every file with its SHA-256; import verifies all of them, refuses
+members with a path, `..` or an unexpected name, loads each with `weights_only=True` (no pickled
+code), and writes nothing unless every file passes. Cache keys hold the data's content fingerprint,
+not its path, so imported checkpoints are used wherever the same images are.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import os
+import re
+import sys
+import tarfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -117,3 +129,127 @@ def train_or_load(name: str, config: Any, build: Callable[[], nn.Module], fit: C
     history = fit(model)
     save_checkpoint(path, model, config, history)
     return model, history
+
+
+# ----------------------------------------------------------------------------------------------
+# Portable archives of the cache
+
+ARCHIVE_FORMAT = 1
+MANIFEST = "MANIFEST.json"
+_MEMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.pt$")
+
+
+class ArchiveError(ValueError):
+    """An archive that must not be imported; the message names the offending member."""
+
+
+def export_archive(archive: str | os.PathLike, *, preset: str | None = None,
+                   directory: str | os.PathLike | None = None) -> list[str]:
+    """Write the cached checkpoints (those of `preset` only, if given) to a `.tar.gz` at `archive`
+    with a manifest of SHA-256 sums; returns the names exported. Written atomically."""
+    folder = Path(directory) if directory is not None else checkpoint_dir()
+    files = sorted(p for p in folder.glob("*.pt") if _MEMBER.match(p.name)
+                   and (preset is None or p.name.startswith(f"{preset}-")))
+    if not files:
+        raise FileNotFoundError(f"no checkpoints{f' of preset {preset!r}' if preset else ''} in {folder} to export")
+    manifest = {"format": ARCHIVE_FORMAT, "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}}
+
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w:gz") as tar:
+            data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            info = tarfile.TarInfo(MANIFEST)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            for p in files:
+                tar.add(p, arcname=p.name, recursive=False)
+
+    atomic_write(Path(archive), write)
+    return [p.name for p in files]
+
+
+def _read_members(archive: Path) -> dict[str, bytes]:
+    """Every member's bytes, after checking that each is a plain file with an allowed name."""
+    out: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar.getmembers():
+                name = member.name
+                if name.startswith("/") or os.path.isabs(name):
+                    raise ArchiveError(f"{archive.name}: member {name!r} has an absolute path; refused")
+                if ".." in Path(name).parts or "/" in name or "\\" in name:
+                    raise ArchiveError(f"{archive.name}: member {name!r} points outside the cache folder; refused")
+                if not member.isfile():
+                    raise ArchiveError(f"{archive.name}: member {name!r} is not a regular file (link or folder); refused")
+                if name != MANIFEST and not _MEMBER.match(name):
+                    raise ArchiveError(f"{archive.name}: unexpected member {name!r} (only checkpoint .pt files "
+                                       f"and {MANIFEST}); refused")
+                if name in out:
+                    raise ArchiveError(f"{archive.name}: member {name!r} appears twice; refused")
+                out[name] = tar.extractfile(member).read()
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"{archive.name} is not a readable checkpoint archive ({exc})") from None
+    return out
+
+
+def import_archive(archive: str | os.PathLike, *, directory: str | os.PathLike | None = None) -> list[str]:
+    """Verify `archive` (see the module docstring) and copy its checkpoints into the cache; returns
+    their names. Raises `ArchiveError` naming the first bad member, and then writes nothing."""
+    archive = Path(archive)
+    members = _read_members(archive)
+    if MANIFEST not in members:
+        raise ArchiveError(f"{archive.name} has no {MANIFEST}; refused")
+    try:
+        manifest = json.loads(members.pop(MANIFEST))
+        listed = dict(manifest["files"])
+        if manifest.get("format") != ARCHIVE_FORMAT:
+            raise ArchiveError(f"{archive.name}: archive format {manifest.get('format')!r}, expected {ARCHIVE_FORMAT}")
+    except (ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, ArchiveError):
+            raise
+        raise ArchiveError(f"{archive.name}: {MANIFEST} is unreadable ({exc}); refused") from None
+    for name in sorted(set(members) | set(listed)):
+        if name not in listed:
+            raise ArchiveError(f"{archive.name}: member {name!r} is not listed in {MANIFEST}; refused")
+        if name not in members:
+            raise ArchiveError(f"{archive.name}: {name!r} is listed in {MANIFEST} but missing; refused")
+        if hashlib.sha256(members[name]).hexdigest() != listed[name]:
+            raise ArchiveError(f"{archive.name}: {name!r} does not match its SHA-256 in {MANIFEST} "
+                               "(corrupted or tampered with); refused")
+        try:
+            blob = torch.load(io.BytesIO(members[name]), map_location="cpu", weights_only=True)
+            if blob["format"] != CHECKPOINT_FORMAT or not isinstance(blob["state_dict"], dict):
+                raise ValueError("not a checkpoint of this course's format")
+        except Exception as exc:  # noqa: BLE001 - anything unloadable is refused, with the reason
+            raise ArchiveError(f"{archive.name}: {name!r} is not a loadable checkpoint "
+                               f"({type(exc).__name__}: {str(exc)[:200]}); refused") from None
+    folder = Path(directory) if directory is not None else checkpoint_dir()
+    for name, data in sorted(members.items()):
+        atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
+    return sorted(members)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m helpers.checkpoints export ARCHIVE [--preset P]` | `import ARCHIVE`."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.checkpoints",
+                                     description="Move the checkpoint cache between machines, verified.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="write the cache (or one preset's part of it) to a .tar.gz archive")
+    exp.add_argument("archive", type=Path)
+    exp.add_argument("--preset", default=None)
+    imp = sub.add_parser("import", help="verify an archive and copy its checkpoints into the cache")
+    imp.add_argument("archive", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            names = export_archive(args.archive, preset=args.preset)
+            print(f"exported {len(names)} checkpoints from {checkpoint_dir()} to {args.archive}")
+        else:
+            names = import_archive(args.archive)
+            print(f"imported {len(names)} checkpoints into {checkpoint_dir()} (every SHA-256 verified)")
+    except (ArchiveError, FileNotFoundError) as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -33,7 +33,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 MEAN = (125.31, 122.95, 113.87)
 STD = (62.99, 62.09, 66.70)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the content fingerprint is stored beside the tensors
 
 
 class DataNotFoundError(RuntimeError):
@@ -88,15 +88,38 @@ class TensorData:
         return torch.bincount(self.labels.cpu(), minlength=len(self.classes)).tolist()
 
 
+def content_fingerprint(*parts: TensorData | None) -> str:
+    """A hash of what the data *is* — every image, label and class name of `parts`, in order — and
+    never of where it lives: the same images under another folder give the same fingerprint."""
+    h = hashlib.sha256()
+    for part in parts:
+        if part is None:
+            h.update(b"none")
+            continue
+        h.update("\0".join(part.classes).encode())
+        for t in (part.images, part.labels):
+            h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class DataSplits:
     """The train and test sets, and optionally a validation split held out of the training images
-    (for choices such as ensemble weights; the test set is only ever used to report results)."""
+    (for choices such as ensemble weights; the test set is only ever used to report results).
+
+    `fingerprint` identifies the content (`content_fingerprint`), for cache keys that travel between
+    machines and folders; computed here when not given (loaders pass the one stored with their cache)."""
 
     train: TensorData
     test: TensorData
     source: str = field(default="unknown")
     val: TensorData | None = None
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.fingerprint = content_fingerprint(self.train, self.val, self.test)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,6 +203,7 @@ def _load_cache(path: Path, source: str) -> DataSplits | None:
             and len(blob["train_images"]) == len(blob["train_labels"]) == blob["num_train"]
             and len(blob["test_images"]) == len(blob["test_labels"]) == blob["num_test"]
             and _checksum(blob["train_images"], blob["test_images"]) == blob["checksum"]
+            and isinstance(blob.get("fingerprint"), str) and len(blob["fingerprint"]) == 16
         )
     except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt, the reason is shown
         print(f"Data cache {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it.")
@@ -189,7 +213,7 @@ def _load_cache(path: Path, source: str) -> DataSplits | None:
         return None
     train = TensorData(blob["train_images"], blob["train_labels"], CLASSES, source)
     test = TensorData(blob["test_images"], blob["test_labels"], CLASSES, source)
-    return DataSplits(train, test, source)
+    return DataSplits(train, test, source, fingerprint=blob["fingerprint"])
 
 
 def _checksum(*tensors: torch.Tensor) -> str:
@@ -207,6 +231,7 @@ def _save_cache(path: Path, data: DataSplits) -> None:
         "test_images": data.test.images, "test_labels": data.test.labels,
         "num_train": len(data.train), "num_test": len(data.test),
         "checksum": _checksum(data.train.images, data.test.images),
+        "fingerprint": data.fingerprint,
     }
     atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
@@ -234,7 +259,7 @@ def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: boo
                 st = path.stat()
                 listing.update(f"{path.relative_to(root)}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         ident = f"{root}:{listing.hexdigest()}"
-        source = f"ImageFolder {root.name} ({root})"
+        source = f"ImageFolder {root.name}"  # the folder's name only: results and cache keys carry no local path
         path = cache_dir / f"cifar10-folder-{_cache_key('folder', ident)}.pt"
         data = _load_cache(path, source) if cache else None
         if data is None:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from helpers.averaging import average_state_dicts
 from helpers.data import TensorData, dirichlet_split, iid_split
-from helpers.devices import pick_device
+from helpers.devices import grad_scaler, pick_device
 from helpers.evaluation import evaluate
 from helpers.training import History, StepStats, TrainConfig, make_optimizer, prepare, train_part
 
@@ -69,12 +69,13 @@ def fedavg(model: nn.Module, client_datasets: Sequence[TensorData], *, rounds: i
     device = torch.device(device) if device is not None else pick_device()
     model.to(device)
     sizes = [len(d) for d in client_datasets]
-    clients, optimizers, datasets = [], [], []
-    for data in client_datasets:  # one model, optimiser and on-device dataset per client, for all rounds
+    clients, optimizers, scalers, datasets = [], [], [], []
+    for data in client_datasets:  # one model, optimiser, scaler and on-device dataset per client, for all rounds
         client = copy.deepcopy(model)
         device, precision, on_device = prepare(client, data, schedule, device)
         clients.append(client)
         optimizers.append(make_optimizer(client, schedule))
+        scalers.append(grad_scaler(device, precision))
         datasets.append(on_device)
     history = History(device=str(device), precision=precision)
     elapsed = 0.0
@@ -88,7 +89,7 @@ def fedavg(model: nn.Module, client_datasets: Sequence[TensorData], *, rounds: i
             start = r // k * local_epochs  # round r: slice r % k of these epochs (the whole of them when k = 1)
             for epoch in range(start, start + local_epochs):
                 stats = train_part(client, datasets[c], config=schedule, seed=client_seeds[c], epoch=epoch,
-                                   part=(r % k, k), optimizer=optimizers[c], device=device)
+                                   part=(r % k, k), optimizer=optimizers[c], device=device, scaler=scalers[c])
                 elapsed += stats.seconds
                 history.images_seen += stats.seen
             last.append(stats)

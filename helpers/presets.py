@@ -43,7 +43,8 @@ class Preset:
         full = (synthetic_cifar(self.synthetic_train, self.synthetic_test, seed=0) if self.data == "synthetic"
                 else load_cifar10())
         train, val = train_val_split(full.train, self.val_fraction, seed=0)
-        return DataSplits(train=train, test=full.test, source=full.source, val=val)
+        return DataSplits(train=train, test=full.test, source=full.source, val=val,
+                          fingerprint=f"{full.fingerprint}-val{self.val_fraction:g}")
 
 
 PRESETS: dict[str, Preset] = {

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from helpers.data import TensorData, iterate_batches, num_batches
-from helpers.devices import autocast, model_device, pick_device, resolve_precision
+from helpers.devices import PRECISIONS, autocast, grad_scaler, model_device, pick_device, resolve_precision
 from helpers.evaluation import evaluate
 
 
@@ -41,11 +41,11 @@ class TrainConfig:
     label_smoothing: float = 0.2     # cross-entropy label smoothing
     warmup: float = 0.2              # fraction of all steps spent warming up linearly from 0
     augment: bool = True             # random crop (reflect pad 4) + horizontal flip
-    precision: str = "auto"          # "auto" | "bf16" | "fp32" (see module docstring)
+    precision: str = "auto"          # "auto" | "bf16" | "fp16" | "fp32" (helpers.devices.resolve_precision)
 
     def __post_init__(self) -> None:
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.num_epochs < 1 or self.batch_size < 1:
             raise ValueError("num_epochs and batch_size must be >= 1")
         if not 0 <= self.warmup < 1:
@@ -159,11 +159,12 @@ class StepStats:
 
 def run_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lrs: Iterable[float], *,
               optimizer: torch.optim.Optimizer, loss_fn: LossFn, device: torch.device, precision: str,
-              bar: tqdm | None = None) -> StepStats:
+              scaler: torch.amp.GradScaler | None = None, bar: tqdm | None = None) -> StepStats:
     """One optimiser step per `(x, y)` in `batches`, with the learning rate from `lrs` (one per batch).
 
     The model must already be on `device` and in train mode. The forward pass runs under the
-    precision's autocast; the loss is computed in float32. Returns the summed loss and correct
+    precision's autocast; the loss is computed in float32. `scaler` (fp16): scales the loss so small
+    gradients do not underflow, and skips steps whose gradients overflowed. Returns the summed loss and correct
     predictions (synchronised once, at the end) and the wall-clock seconds spent."""
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
@@ -176,8 +177,13 @@ def run_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
             logits = model(x)
             loss = loss_fn(logits.float(), x, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -193,7 +199,8 @@ def epoch_steps(n: int, config: TrainConfig) -> int:
 
 def run_epoch(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int, epoch: int,
               optimizer: torch.optim.Optimizer, loss_fn: LossFn | None = None, part: tuple[int, int] = (0, 1),
-              device: torch.device, precision: str, bar: tqdm | None = None) -> StepStats:
+              device: torch.device, precision: str, scaler: torch.amp.GradScaler | None = None,
+              bar: tqdm | None = None) -> StepStats:
     """Epoch `epoch` of the `config` schedule (or the i-th of k equal slices of it, `part=(i, k)`),
     with the batches and learning rates a full run has there.
 
@@ -211,7 +218,7 @@ def run_epoch(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: 
     lrs = (lr_at(epoch * steps + i, total, config.lr, config.warmup) for i in range(first, last))
     model.train()
     return run_steps(model, batches, lrs, optimizer=optimizer, loss_fn=loss_fn or cross_entropy_loss(config),
-                     device=device, precision=precision, bar=bar)
+                     device=device, precision=precision, scaler=scaler, bar=bar)
 
 
 def prepare(model: nn.Module, data: TensorData, config: TrainConfig,
@@ -252,13 +259,14 @@ def train_epochs(model: nn.Module, data: TensorData, *, config: TrainConfig, see
                          f"{config.num_epochs}")
     device, precision, data = prepare(model, data, config, device)
     optimizer = make_optimizer(model, config)
+    scaler = grad_scaler(device, precision)
     history = History(precision=precision, device=str(device))
     bar = tqdm(total=epoch_steps(len(data), config) * (stop_epoch - start_epoch), desc=desc, unit="step",
                disable=not progress, mininterval=0.5, leave=False)
     try:
         for epoch in range(start_epoch, stop_epoch):
             stats = run_epoch(model, data, config=config, seed=seed, epoch=epoch, optimizer=optimizer,
-                              loss_fn=loss_fn, device=device, precision=precision, bar=bar)
+                              loss_fn=loss_fn, device=device, precision=precision, scaler=scaler, bar=bar)
             postfix = history.record(epoch + 1, stats)
             if test_data is not None:
                 metrics = evaluate(model, test_data, device=device, precision=precision)
@@ -273,11 +281,12 @@ def train_epochs(model: nn.Module, data: TensorData, *, config: TrainConfig, see
 
 def train_part(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int, epoch: int,
                part: tuple[int, int], optimizer: torch.optim.Optimizer,
-               device: torch.device | str | None = None) -> StepStats:
+               device: torch.device | str | None = None, scaler: torch.amp.GradScaler | None = None) -> StepStats:
     """Slice `part=(i, k)` of epoch `epoch` of the `config` schedule, stepping `optimizer` (the
     caller's, so that momentum can carry over from one slice to the next; federated rounds shorter
     than an epoch use it). k calls i = 0..k-1 with one optimiser equal one epoch exactly.
-    The model must already be on `device` in channels_last (see `prepare`)."""
+    The model must already be on `device` in channels_last (see `prepare`). `scaler`: the caller's
+    gradient scaler in fp16 (`helpers.devices.grad_scaler`), kept like the optimiser."""
     device = torch.device(device) if device is not None else model_device(model)
     return run_epoch(model, data.to(device), config=config, seed=seed, epoch=epoch, optimizer=optimizer, part=part,
-                     device=device, precision=resolve_precision(config.precision, device))
+                     device=device, precision=resolve_precision(config.precision, device), scaler=scaler)

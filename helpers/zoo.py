@@ -103,7 +103,7 @@ class RunConfig:
     init_seed: int            # seeds the initial weights
     data_seed: int            # seeds the data order and augmentation
     train: TrainConfig
-    data: str                 # the data the preset uses, e.g. "synthetic:2048:synthetic"
+    data: str                 # the data: "<kind>:<training images>:<content fingerprint>" (`data_tag`)
     subset: Subset = ALL      # which training images
     start_epoch: int = 0      # >0: continue from `parent` at this epoch of the schedule
     stop_epoch: int = 0       # 0: the end of the schedule
@@ -124,8 +124,9 @@ class Pair:
 
 
 def data_tag(preset: Preset, data: DataSplits) -> str:
-    """The data's identity in cache keys."""
-    return f"{preset.data}:{len(data.train)}:{data.source}"
+    """The data's identity in cache keys: its content fingerprint, never a path, so a cache made on one
+    machine (or under another CIFAR10_DIR) is used wherever the same images are."""
+    return f"{preset.data}:{len(data.train)}:{data.fingerprint}"
 
 
 def build_model(arch: str, width: float, init_seed: int) -> nn.Module:

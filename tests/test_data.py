@@ -198,3 +198,18 @@ def test_augmented_batches_match_pad_then_crop_reference(tiny_data):
             window = padded[j, :, dy[j]:dy[j] + 32, dx[j]:dx[j] + 32]
             assert torch.equal(x[j], window.flip(-1) if flip[j] else window)
         assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fingerprint_depends_on_the_images_not_the_path(tmp_path, monkeypatch):
+    import shutil
+    from PIL import Image
+    monkeypatch.setenv("HELPERS_DATA_DIR", str(tmp_path / "data"))
+    _write_folder(tmp_path / "one" / "cifar")
+    shutil.copytree(tmp_path / "one" / "cifar", tmp_path / "two" / "elsewhere")
+    a, b = load_cifar10(tmp_path / "one" / "cifar"), load_cifar10(tmp_path / "two" / "elsewhere")
+    assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 16
+    assert str(tmp_path) not in a.source and str(tmp_path) not in a.fingerprint
+    assert load_cifar10(tmp_path / "one" / "cifar").fingerprint == a.fingerprint   # from the cache: stored
+    target = tmp_path / "two" / "elsewhere" / "test" / "truck" / "0001.png"
+    Image.fromarray(torch.full((32, 32, 3), 7, dtype=torch.uint8).numpy()).save(target)
+    assert load_cifar10(tmp_path / "two" / "elsewhere").fingerprint != a.fingerprint   # one changed image

@@ -143,3 +143,27 @@ def test_subset_validation_and_selection(smoke_data):
         Subset(None, 0, 2)
     with pytest.raises(ValueError, match="unknown arch"):
         zoo.build_model("resnet", 1.0, 0)
+
+
+def test_a_cache_made_under_one_data_path_is_used_under_another(tmp_path, monkeypatch, preset, trainings):
+    """Cache keys hold the data's content fingerprint, not CIFAR10_DIR: the same images elsewhere load
+    the same checkpoints without retraining."""
+    import shutil
+    from PIL import Image
+    from helpers.data import CLASSES, load_cifar10
+    monkeypatch.setenv("HELPERS_DATA_DIR", str(tmp_path / "data"))
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 40), ("test", 8)):
+        for name in CLASSES:
+            (tmp_path / "a" / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g).numpy()
+                Image.fromarray(pixels).save(tmp_path / "a" / split / name / f"{i:04d}.png")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    real = replace(preset, data="cifar10")
+    for folder, expect_training in (("a", True), ("b", False)):
+        monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / folder))
+        data = real.load_data()
+        trainings["n"] = 0
+        zoo.get_joint(real, data, progress=False)
+        assert (trainings["n"] > 0) == expect_training, folder

@@ -1,0 +1,95 @@
+"""Checkpoint archives: a verified round trip, and every kind of bad archive refused by name, writing nothing."""
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+
+from helpers import checkpoints
+from helpers.checkpoints import ArchiveError, export_archive, import_archive
+from helpers.models import student_cnn
+from helpers.training import History
+
+
+def _cache(folder, names=("smoke-joint-abc.pt", "smoke-student-s0-def.pt", "cpu-joint-123.pt")):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        torch.manual_seed(i)
+        checkpoints.save_checkpoint(folder / name, student_cnn(0.5), {"i": i}, History())
+    return folder
+
+
+def _archive(path, members: dict[str, bytes], manifest=None):
+    listed = {n: hashlib.sha256(b).hexdigest() for n, b in members.items()} if manifest is None else manifest
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {"MANIFEST.json": json.dumps({"format": 1, "files": listed}).encode(), **members}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_round_trip_by_preset(tmp_path):
+    src = _cache(tmp_path / "src")
+    names = export_archive(tmp_path / "smoke.tar.gz", preset="smoke", directory=src)
+    assert names == ["smoke-joint-abc.pt", "smoke-student-s0-def.pt"]
+    imported = import_archive(tmp_path / "smoke.tar.gz", directory=tmp_path / "dst")
+    assert imported == names
+    for name in names:
+        assert (tmp_path / "dst" / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_tampered_member_is_refused_by_name_and_nothing_is_written(tmp_path):
+    src = _cache(tmp_path / "src")
+    good = {p.name: p.read_bytes() for p in sorted(src.glob("smoke-*.pt"))}
+    manifest = {n: hashlib.sha256(b).hexdigest() for n, b in good.items()}
+    tampered = dict(good)
+    blob = bytearray(tampered["smoke-student-s0-def.pt"])
+    blob[len(blob) // 2] ^= 0xFF
+    tampered["smoke-student-s0-def.pt"] = bytes(blob)
+    archive = _archive(tmp_path / "bad.tar.gz", tampered, manifest)
+    with pytest.raises(ArchiveError, match="smoke-student-s0-def.pt.*SHA-256"):
+        import_archive(archive, directory=tmp_path / "dst")
+    assert not (tmp_path / "dst").exists() or not list((tmp_path / "dst").iterdir())
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../evil.pt", "outside"), ("/etc/evil.pt", "absolute"), ("sub/evil.pt", "outside"), ("run.sh", "unexpected"),
+])
+def test_bad_member_names_are_refused(tmp_path, name, message):
+    archive = _archive(tmp_path / "bad.tar.gz", {name: b"x"})
+    with pytest.raises(ArchiveError, match=message):
+        import_archive(archive, directory=tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_unlisted_and_pickled_members_are_refused(tmp_path):
+    src = _cache(tmp_path / "src", names=("smoke-a-1.pt",))
+    data = (src / "smoke-a-1.pt").read_bytes()
+    archive = _archive(tmp_path / "extra.tar.gz", {"smoke-a-1.pt": data, "smoke-b-2.pt": data},
+                       manifest={"smoke-a-1.pt": hashlib.sha256(data).hexdigest()})
+    with pytest.raises(ArchiveError, match="smoke-b-2.pt.*not listed"):
+        import_archive(archive, directory=tmp_path / "dst")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    buf = io.BytesIO()
+    torch.save({"format": 1, "state_dict": Evil()}, buf)
+    archive = _archive(tmp_path / "evil.tar.gz", {"smoke-evil-0.pt": buf.getvalue()})
+    with pytest.raises(ArchiveError, match="smoke-evil-0.pt.*not a loadable checkpoint"):
+        import_archive(archive, directory=tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_command_line_reports_a_refusal_without_traceback(tmp_path):
+    archive = _archive(tmp_path / "bad.tar.gz", {"../evil.pt": b"x"})
+    run = subprocess.run([sys.executable, "-m", "helpers.checkpoints", "import", str(archive)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "../evil.pt" in run.stderr and "Traceback" not in run.stderr
