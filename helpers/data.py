@@ -443,6 +443,23 @@ def train_val_split(data: TensorData, val_fraction: float = 0.1, *, seed: int = 
     return data.subset(torch.cat(train_idx).sort().values), data.subset(torch.cat(val_idx).sort().values)
 
 
+def balanced_subset(data: TensorData, n: int, *, seed: int = 0) -> TensorData:
+    """`n` images with the same number from every class (n // classes each), drawn at random (seed),
+    in their original order."""
+    per_class = n // len(data.classes)
+    if per_class < 1:
+        raise ValueError(f"n={n} is fewer than one image per class ({len(data.classes)} classes)")
+    g = torch.Generator().manual_seed(seed)
+    labels = data.labels.cpu()
+    keep = []
+    for c in range(len(data.classes)):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < per_class:
+            raise ValueError(f"class {data.classes[c]!r} has {len(idx)} images, fewer than the {per_class} asked for")
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return data.subset(torch.cat(keep).sort().values)
+
+
 def iid_split(data: TensorData, num_parts: int = 2, *, seed: int = 0) -> list[TensorData]:
     """Random equal-size parts (sizes differ by at most one); together they are exactly `data`."""
     if num_parts < 1:

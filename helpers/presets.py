@@ -1,9 +1,11 @@
-"""The three budgets every notebook reads: `smoke`, `cpu`, `gpu` (introduced in notebook 01).
+"""The budgets every notebook reads: `smoke`, `workshop`, `cpu`, `gpu` (introduced in notebook 01).
 
 Pick one with the `HELPERS_PRESET` environment variable; the default is `gpu` when CUDA is
 available, else `cpu`.
 
 - `smoke`: hermetic, for tests: synthetic CIFAR-shaped data, tiny widths, one short epoch.
+- `workshop`: real CIFAR-10, small: a class-balanced 10,000-image training subset, a 2,000-image
+  test subset, narrow models, 3 epochs: the whole course in minutes on a laptop in float32.
 - `cpu`:   real CIFAR-10, sized for a laptop CPU (what the committed results use).
 - `gpu`:   real CIFAR-10, wider models and more epochs.
 """
@@ -16,7 +18,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from helpers.data import DataNotFoundError, DataSplits, load_cifar10, synthetic_cifar, train_val_split
+from helpers.data import (DataNotFoundError, DataSplits, balanced_subset, load_cifar10, synthetic_cifar,
+                          train_val_split)
 from helpers.training import TrainConfig
 
 
@@ -33,18 +36,26 @@ class Preset:
     num_seeds: int                   # seeds for mean +/- std claims
     soup_size: int                   # spawned children averaged into one "soup" (notebook 03)
     val_fraction: float = 0.1        # share of each class's training images held out for validation
+    train_subset: int = 0            # class-balanced training images kept after the split (0 = all)
+    test_subset: int = 0             # class-balanced test images kept (0 = all 10,000)
     synthetic_train: int = 2048      # synthetic images (smoke only)
     synthetic_test: int = 512
 
     def load_data(self) -> DataSplits:
         """The preset's data: synthetic for `smoke`, real CIFAR-10 otherwise, with a stratified
-        validation split (`val_fraction`, seed 0) held out of the training images. Every model in
-        the course trains on `data.train` only; `data.val` is for choices, `data.test` for reporting."""
+        validation split (`val_fraction`, seed 0) held out of the training images, and the
+        class-balanced subsets `train_subset` / `test_subset` where set. Every model in the course
+        trains on `data.train` only; `data.val` is for choices, `data.test` for reporting."""
         full = (synthetic_cifar(self.synthetic_train, self.synthetic_test, seed=0) if self.data == "synthetic"
                 else load_cifar10())
         train, val = train_val_split(full.train, self.val_fraction, seed=0)
-        return DataSplits(train=train, test=full.test, source=full.source, val=val,
-                          fingerprint=f"{full.fingerprint}-val{self.val_fraction:g}")
+        test = full.test
+        if self.train_subset:
+            train = balanced_subset(train, self.train_subset, seed=0)
+        if self.test_subset:
+            test = balanced_subset(test, self.test_subset, seed=0)
+        return DataSplits(train=train, test=test, source=full.source, val=val,
+                          fingerprint=f"{full.fingerprint}-val{self.val_fraction:g}-n{self.train_subset}-{self.test_subset}")
 
 
 PRESETS: dict[str, Preset] = {
@@ -52,6 +63,13 @@ PRESETS: dict[str, Preset] = {
         name="smoke", data="synthetic", width=0.25, student_width=0.5,
         train=TrainConfig(num_epochs=2, batch_size=128, lr=0.1, label_smoothing=0.1),
         spawn_epoch=1, num_seeds=2, soup_size=3,
+    ),
+    # Sized so that `make run` (every notebook, cold cache) fits in 12 minutes on 2 CPU cores in float32
+    # (no bf16 units needed), with every lesson of the course still visible (tests/test_real_data.py).
+    "workshop": Preset(
+        name="workshop", data="cifar10", width=0.25, student_width=0.25,
+        train=TrainConfig(num_epochs=3, batch_size=128, lr=0.1),
+        spawn_epoch=1, num_seeds=2, soup_size=3, val_fraction=0.04, train_subset=10_000, test_subset=2_000,
     ),
     # Sized so that `make run` (every notebook, cold cache) fits in 45 minutes on 2 cores of a Xeon
     # (Sapphire Rapids, bf16 via AMX); benchmarks/train_speed.py has the current per-model figure.

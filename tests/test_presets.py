@@ -5,7 +5,7 @@ from helpers.presets import PRESETS, get_preset
 
 
 def test_named_presets_exist_and_env_var_selects(monkeypatch):
-    assert set(PRESETS) == {"smoke", "cpu", "gpu"}
+    assert set(PRESETS) == {"smoke", "workshop", "cpu", "gpu"}
     monkeypatch.setenv("HELPERS_PRESET", "smoke")
     assert get_preset().name == "smoke"
     assert get_preset("cpu").name == "cpu"  # an explicit name wins
@@ -18,7 +18,7 @@ def test_default_depends_on_cuda(monkeypatch):
 
 def test_unknown_preset_lists_valid_ones(monkeypatch):
     monkeypatch.setenv("HELPERS_PRESET", "laptop")
-    with pytest.raises(ValueError, match="'laptop'.*smoke, cpu, gpu"):
+    with pytest.raises(ValueError, match="'laptop'.*smoke, workshop, cpu, gpu"):
         get_preset()
 
 

@@ -1,5 +1,8 @@
 """Real CIFAR-10 (skipped unless CIFAR10_DIR points at an ImageFolder copy; `.ci/run` sets it)."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -38,3 +41,49 @@ def test_brief_training_on_real_subset_clears_floor(cifar):
                     test_data=cifar.test, progress=False)
     print(f"real-data smoke: {history.final_test_accuracy:.3f} test accuracy in {history.train_seconds:.1f}s")
     assert history.final_test_accuracy >= FLOOR
+
+
+# ----------------------------------------------------------------------------------------------
+# The workshop preset's committed run (results/workshop/, one cold `make run` on real CIFAR-10):
+# every lesson of the course must be visible at that budget.
+
+WORKSHOP = Path(__file__).resolve().parents[1] / "results" / "workshop"
+
+
+def _workshop(notebook: str) -> dict:
+    path = WORKSHOP / f"{notebook}.json"
+    assert path.exists(), f"{path} is missing: run HELPERS_PRESET=workshop HELPERS_PRECISION=fp32 make run"
+    blob = json.loads(path.read_text())
+    assert blob["provenance"]["preset"] == "workshop" and "synthetic" not in blob["provenance"]["data_source"]
+    return blob["results"]
+
+
+def test_workshop_naive_average_of_independent_models_collapses():
+    assert _workshop("03_weight_averaging")["pairs"]["independent"]["midpoint_naive"] <= 0.20
+
+
+def test_workshop_spawned_average_stays_with_its_children():
+    spawned = _workshop("03_weight_averaging")["pairs"]["spawned"]
+    better_child = max(spawned["accuracy_a"], spawned["accuracy_b"])
+    assert spawned["midpoint_recalibrated"] >= better_child - 0.03
+
+
+def test_workshop_alignment_closes_half_the_accuracy_barrier():
+    ind = _workshop("04_permutation_alignment")["pairs"]["independent"]
+    closed = 1 - ind["aligned + BN reset"]["accuracy_barrier"] / ind["naive"]["accuracy_barrier"]
+    assert closed >= 0.5, f"aligned + BN reset closes {closed:.0%} of the naive accuracy barrier"
+
+
+def test_workshop_ensemble_beats_its_better_member():
+    assert _workshop("05_prediction_ensembling")["pairs"]["independent"]["gain_mean_probs"] >= 0.005
+
+
+def test_workshop_student_of_the_ensemble_is_at_least_as_good_as_from_scratch():
+    kd = _workshop("06_knowledge_distillation")
+    assert kd["students"][kd["chosen"]]["mean"] >= kd["students"]["scratch"]["mean"]
+
+
+def test_workshop_fedavg_reaches_the_joint_model_and_one_shot_collapses():
+    fed = _workshop("07_federated_averaging")
+    assert fed["gap_iid_to_joint"] <= 0.04
+    assert fed["one_shot"]["IID"] <= 0.25
