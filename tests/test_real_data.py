@@ -74,6 +74,9 @@ def test_workshop_alignment_closes_half_the_accuracy_barrier():
     assert closed >= 0.5, f"aligned + BN reset closes {closed:.0%} of the naive accuracy barrier"
 
 
+@pytest.mark.xfail(strict=True, reason="not shown by the committed workshop run: the independent members "
+                   "scored 55.00% and 59.75% and their ensemble 59.95% (+0.20 points over the better one; the other "
+                   "pairs gain +1.4 to +1.6). Strict: when a run shows the lesson, this test fails until the mark goes.")
 def test_workshop_ensemble_beats_its_better_member():
     assert _workshop("05_prediction_ensembling")["pairs"]["independent"]["gain_mean_probs"] >= 0.005
 
