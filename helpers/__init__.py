@@ -10,11 +10,13 @@ Each module holds one concept; notebooks import what they teach. From the bottom
 - `helpers.training`     the training core (`run_steps`) and its entry points `train`, `train_epochs`, `train_part`
 - `helpers.checkpoints`  `train_or_load(...)`: cached, atomic, config-keyed checkpoints
 - `helpers.presets`      the `smoke` / `cpu` / `gpu` budgets
-- `helpers.averaging`    state-dict averages, interpolation, BatchNorm recalibration, barriers
-- `helpers.alignment`    permutation symmetry: weight matching (Git Re-Basin) and REPAIR
+- `helpers.averaging`    state-dict averages, interpolation, BatchNorm recalibration, barriers, greedy soups
+- `helpers.alignment`    permutation symmetry: weight matching (Git Re-Basin) and REPAIR (with or without BatchNorm)
+- `helpers.merging`      task vectors, task arithmetic and TIES-merging of fine-tunes of one base
 - `helpers.ensembling`   `Ensemble` (loop or vmap), validation-fitted weights and temperature, calibration
 - `helpers.distillation` the distillation loss and `distill(student, teacher, ...)`
 - `helpers.federated`    the FedAvg algorithm over client datasets
+- `helpers.stats`        mean ± std over runs, paired bootstrap intervals, `verdict` (orderings outside noise only)
 - `helpers.results`      results JSON with provenance, figures, the trade-off table
 - `helpers.plotting`     learning curves, interpolation curves, image grids
 - `helpers.zoo`          on top: the course's cached recipes (pairs, students, FedAvg runs) and their seeds

@@ -16,9 +16,10 @@ element-wise activations, pooling, Dropout and Flatten. Anything else — a resi
 LayerNorm — raises an error naming the module. The course CNNs are plain Sequentials.
 
 `repair(merged, model_a, model_b, batches, alpha)` fixes the variance collapse of merged models
-with BatchNorm (Jordan et al., 2022): after resetting BatchNorm statistics, it sets each BatchNorm
-layer's affine parameters so that every channel's output has the mean and standard deviation
-interpolated between the two endpoints' channels, measured on training images.
+(Jordan et al., 2022): every hidden channel's output gets the mean and standard deviation
+interpolated between the two endpoints' channels, measured on training images — through the
+BatchNorm layers' affine parameters where there are BatchNorm layers, else by folding a per-channel
+scale and shift into each hidden Linear / Conv layer's weights and bias.
 """
 
 from __future__ import annotations
@@ -203,15 +204,17 @@ def match_permutations(model_a: nn.Module, model_b: nn.Module, *, max_iter: int 
 
 
 @torch.no_grad()
-def _bn_output_stats(model: nn.Module, batches: Sequence, device: torch.device, precision: str) -> dict[str, tuple]:
-    """Per BatchNorm layer: (mean, std) of each output channel over `batches`, in eval mode."""
+def _output_stats(model: nn.Module, batches: Sequence, device: torch.device, precision: str,
+                  kinds: tuple = NORMS, names: set[str] | None = None) -> dict[str, tuple]:
+    """Per module of `kinds` (or named in `names`): (mean, std) of each output channel (dim 1) over
+    `batches`, in eval mode, accumulated in float64."""
     sums: dict[str, list] = {}
     hooks = []
     for name, module in model.named_modules():
-        if isinstance(module, NORMS):
+        if (names is not None and name in names) or (names is None and isinstance(module, kinds)):
             def hook(mod, inp, out, name=name):
                 dims = [d for d in range(out.dim()) if d != 1]
-                o = out.float()
+                o = out.double()
                 s = sums.setdefault(name, [0.0, 0.0, 0])
                 s[0] = s[0] + o.sum(dims)
                 s[1] = s[1] + (o * o).sum(dims)
@@ -228,31 +231,74 @@ def _bn_output_stats(model: nn.Module, batches: Sequence, device: torch.device, 
     stats = {}
     for name, (s1, s2, n) in sums.items():
         mean = s1 / n
-        stats[name] = (mean, (s2 / n - mean * mean).clamp_min(0).sqrt())
+        stats[name] = (mean.float(), (s2 / n - mean * mean).clamp_min(0).sqrt().float())
     return stats
+
+
+def hidden_layers(model: nn.Module) -> list[str]:
+    """Names of the Linear / Conv layers whose outputs are hidden units: all but the last one (the
+    classifier), in the order the model registers them."""
+    names = [name for name, m in model.named_modules() if isinstance(m, LAYERS)]
+    return names[:-1]
+
+
+@torch.no_grad()
+def _repair_by_folding(merged: nn.Module, model_a: nn.Module, model_b: nn.Module, batches: list, alpha: float,
+                       device: torch.device, precision: str) -> nn.Module:
+    """REPAIR for networks without normalisation: each hidden layer's output channels get the mean and
+    std interpolated between the endpoints', by rescaling that layer's weights and shifting its bias
+    (no new layers). Layers are corrected in order, each measured after the ones before it."""
+    layers = hidden_layers(merged)
+    stats_a = _output_stats(model_a, batches, device, precision, names=set(layers))
+    stats_b = _output_stats(model_b, batches, device, precision, names=set(layers))
+    modules = dict(merged.named_modules())
+    for name in layers:
+        layer = modules[name]
+        mean_m, std_m = _output_stats(merged, batches, device, precision, names={name})[name]
+        (mean_a, std_a), (mean_b, std_b) = stats_a[name], stats_b[name]
+        target_mean = (1 - alpha) * mean_a + alpha * mean_b
+        target_std = (1 - alpha) * std_a + alpha * std_b
+        scale = target_std / std_m.clamp_min(1e-8)                   # (C,): dead channels stay as they are
+        scale = torch.where(std_m > 1e-8, scale, torch.ones_like(scale))
+        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+        bias = layer.bias if layer.bias is not None else torch.zeros_like(mean_m)
+        new_bias = (bias.float() - mean_m) * scale + target_mean       # out' = (out - mean) * s + target
+        layer.weight.mul_(scale.view(shape).to(layer.weight))
+        if layer.bias is None:
+            layer.bias = nn.Parameter(new_bias.to(layer.weight))
+        else:
+            layer.bias.copy_(new_bias.to(layer.bias))
+    return merged
 
 
 @torch.no_grad()
 def repair(merged: nn.Module, model_a: nn.Module, model_b: nn.Module, batches: Iterable, *, alpha: float = 0.5,
            device: torch.device | str | None = None, precision: str = "auto") -> nn.Module:
-    """REPAIR for models with BatchNorm (in place on `merged`; returns it).
+    """REPAIR (Jordan et al., 2022), in place on `merged`; returns it. `alpha` is the merged model's
+    position between model_a (0) and model_b (1), as in `helpers.averaging.interpolate`.
 
+    Networks with BatchNorm:
     1. measure each BatchNorm output channel's mean and std in both endpoints on `batches`
        (training images; model_b must already be aligned to model_a, so channel i is the same unit);
     2. set each BatchNorm layer's affine weight and bias to (1 - alpha) * A's + alpha * B's std and
        mean: with fresh statistics a BatchNorm output channel has std |weight| and mean bias;
     3. reset all BatchNorm statistics of `merged` on `batches`, which makes step 2 hold.
     On BatchNorm networks this is a BatchNorm reset that also interpolates the endpoints' output scale
-    and offset per channel. Models without BatchNorm are refused: REPAIR would then need new
-    rescaling layers. `model_a` and `model_b` are not changed (they are copied if on another device)."""
+    and offset per channel.
+
+    Networks without normalisation (MLPs, VGG-style CNNs): every hidden Linear / Conv layer's output
+    channels are given the interpolated mean and std directly, by folding a per-channel scale into the
+    layer's weights and a shift into its bias (a bias is added where the layer had none; no new layers),
+    layer by layer from the input. `model_a` and `model_b` are not changed (copied if on another device)."""
     batches = list(batches)
-    if not has_batchnorm(merged):
-        raise ValueError("repair() works through BatchNorm layers, and this model has none")
     device = torch.device(device) if device is not None else next(merged.parameters()).device
     precision = resolve_precision(precision, device)
     on_device = lambda m: m if next(m.parameters()).device == device else copy.deepcopy(m).to(device)
-    stats_a = _bn_output_stats(on_device(model_a), batches, device, precision)
-    stats_b = _bn_output_stats(on_device(model_b), batches, device, precision)
+    if not has_batchnorm(merged):
+        return _repair_by_folding(merged.to(device), on_device(model_a), on_device(model_b), batches, alpha,
+                                  device, precision)
+    stats_a = _output_stats(on_device(model_a), batches, device, precision)
+    stats_b = _output_stats(on_device(model_b), batches, device, precision)
     merged.to(device)
     for name, module in merged.named_modules():
         if isinstance(module, NORMS) and module.affine:

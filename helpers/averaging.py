@@ -201,3 +201,40 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, data: TensorData
         accuracy.append(metrics["accuracy"])
         loss.append(metrics["loss"])
     return InterpolationCurve([float(a) for a in alphas], accuracy, loss, recalibrated=batches is not None)
+
+
+def greedy_soup(models: Sequence[nn.Module], val_data: TensorData, *,
+                recalibrate: TensorData | Sequence | None = None, device: torch.device | str | None = None,
+                progress: bool = True) -> tuple[nn.Module, list[int]]:
+    """A greedy model soup (Wortsman et al., 2022): ingredients sorted by validation accuracy, best
+    first; each is added to the uniform average of those kept so far only if the soup's validation
+    accuracy does not drop. Returns (soup, indices of the kept models in `models`, in the order added).
+
+    val_data: a **validation** split (never the test set). recalibrate: training data (or ready batches)
+    to reset BatchNorm statistics of every candidate soup before it is scored, as BatchNorm networks
+    need after averaging; None for networks without BatchNorm. Inputs are not changed."""
+    models = list(models)
+    if not models:
+        raise ValueError("need at least one model")
+    check_compatible([m.state_dict() for m in models])
+    batches = None
+    if recalibrate is not None:
+        batches = recalibration_batches(recalibrate) if isinstance(recalibrate, TensorData) else list(recalibrate)
+
+    def soup_of(indices: list[int]) -> nn.Module:
+        soup = copy.deepcopy(models[indices[0]])
+        soup.load_state_dict(average_state_dicts([models[i].state_dict() for i in indices]))
+        if batches is not None:
+            recalibrate_batchnorm(soup, batches, device=device)
+        return soup
+
+    scores = [evaluate(m, val_data, device=device)["accuracy"] for m in models]
+    order = sorted(range(len(models)), key=lambda i: -scores[i])   # stable: ties keep the given order
+    chosen = [order[0]]
+    best = evaluate(soup_of(chosen), val_data, device=device)["accuracy"]
+    for i in tqdm(order[1:], desc="greedy soup", disable=not progress, leave=False):
+        accuracy = evaluate(soup_of(chosen + [i]), val_data, device=device)["accuracy"]
+        if accuracy >= best:
+            chosen.append(i)
+            best = accuracy
+    return soup_of(chosen), chosen

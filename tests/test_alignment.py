@@ -101,16 +101,13 @@ def test_repair_sets_interpolated_channel_statistics(tiny_data):
     merged = interpolate(a, b, 0.5)
     batches = recalibration_batches(tiny_data.train, num_images=256, batch_size=64)
     repair(merged, a, b, batches, alpha=0.5, device="cpu", precision="fp32")
-    from helpers.alignment import _bn_output_stats
-    sa = _bn_output_stats(a, batches, torch.device("cpu"), "fp32")
-    sb = _bn_output_stats(b, batches, torch.device("cpu"), "fp32")
-    sm = _bn_output_stats(merged, batches, torch.device("cpu"), "fp32")
+    from helpers.alignment import _output_stats
+    sa = _output_stats(a, batches, torch.device("cpu"), "fp32")
+    sb = _output_stats(b, batches, torch.device("cpu"), "fp32")
+    sm = _output_stats(merged, batches, torch.device("cpu"), "fp32")
     for name in sm:
         assert torch.allclose(sm[name][1], (sa[name][1] + sb[name][1]) / 2, rtol=0.05, atol=1e-3), name
         assert torch.allclose(sm[name][0], (sa[name][0] + sb[name][0]) / 2, atol=0.05), name
-    with pytest.raises(ValueError, match="BatchNorm"):
-        plain = nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))
-        repair(plain, plain, plain, batches)
 
 
 def test_repair_leaves_the_endpoints_unchanged(tiny_data):
@@ -128,3 +125,61 @@ def test_batchnorm_after_flatten_is_refused_by_name():
     with pytest.raises(ValueError, match=r"unsupported module 2 \(BatchNorm1d\) between Flatten"):
         permutation_spec(model)
 
+
+
+def _no_norm(kind):
+    if kind == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 48), nn.ReLU(), nn.Linear(48, 32), nn.GELU(),
+                             nn.Linear(32, 10))
+    return nn.Sequential(nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(12, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
+                         nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "vgg"])
+def test_repair_without_normalisation_folds_the_statistics_into_the_layers(tiny_data, kind):
+    """No BatchNorm: every hidden layer's output channels get the interpolated mean and std (measured on
+    the same batches), by rescaling weights and shifting biases — same modules, same keys except a bias
+    where a layer had none — and the endpoints stay untouched."""
+    from helpers.alignment import _output_stats, hidden_layers
+    from helpers.training import TrainConfig, train
+    models = []
+    for seed in (0, 1):
+        seed_everything(seed)
+        m = _no_norm(kind)
+        train(m, tiny_data.train, config=TrainConfig(num_epochs=1, batch_size=64, lr=0.02), seed=seed,
+              progress=False, device="cpu")
+        models.append(m.eval())
+    a, b = models[0], weight_matching(models[0], models[1])
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (a, b)]
+    batches = recalibration_batches(tiny_data.train, num_images=256, batch_size=64)
+    merged = interpolate(a, b, 0.3)
+    modules_before = [type(m) for m in merged.modules()]
+    repair(merged, a, b, batches, alpha=0.3, device="cpu", precision="fp32")
+    assert [type(m) for m in merged.modules()] == modules_before
+    layers = set(hidden_layers(merged))
+    cpu = torch.device("cpu")
+    sa, sb, sm = (_output_stats(m, batches, cpu, "fp32", names=layers) for m in (a, b, merged))
+    for name in layers:
+        assert torch.allclose(sm[name][0], 0.7 * sa[name][0] + 0.3 * sb[name][0], atol=1e-4), name
+        assert torch.allclose(sm[name][1], 0.7 * sa[name][1] + 0.3 * sb[name][1], rtol=1e-3, atol=1e-5), name
+    for m, snap in zip((a, b), before):
+        assert all(torch.equal(snap[k], v) for k, v in m.state_dict().items())
+
+
+def test_repair_without_normalisation_helps_a_collapsed_midpoint(tiny_data):
+    """The point of REPAIR: on a no-norm CNN pair, the repaired midpoint is at least as accurate as the plain one."""
+    from helpers.evaluation import evaluate
+    from helpers.training import TrainConfig, train
+    models = []
+    for seed in (0, 1):
+        seed_everything(seed)
+        m = _no_norm("vgg")
+        train(m, tiny_data.train, config=TrainConfig(num_epochs=2, batch_size=64, lr=0.02), seed=seed,
+              progress=False, device="cpu")
+        models.append(m.eval())
+    a, b = models[0], weight_matching(models[0], models[1])
+    batches = recalibration_batches(tiny_data.train, num_images=256, batch_size=64)
+    plain = evaluate(interpolate(a, b, 0.5), tiny_data.test)["loss"]
+    repaired = evaluate(repair(interpolate(a, b, 0.5), a, b, batches, device="cpu"), tiny_data.test)["loss"]
+    assert repaired <= plain

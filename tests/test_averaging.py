@@ -160,3 +160,24 @@ def test_interpolation_curve_endpoints_match_models(tiny_data):
                                 progress=False)
     assert recal.recalibrated and len(recal.loss) == 2
     assert set(curve.to_dict()) >= {"alphas", "accuracy", "loss", "loss_barrier", "accuracy_barrier"}
+
+
+def test_greedy_soup_keeps_what_helps_and_drops_what_hurts(tiny_data):
+    from helpers.averaging import greedy_soup
+    from helpers.models import course_cnn
+    from helpers.training import TrainConfig, train
+    torch.manual_seed(0)
+    trained = course_cnn(0.25)
+    train(trained, tiny_data.train, config=TrainConfig(num_epochs=2, batch_size=64, lr=0.1), progress=False,
+          device="cpu")
+    torch.manual_seed(1)
+    untrained = course_cnn(0.25)   # an ingredient that can only hurt
+    twin = copy.deepcopy(trained)
+    before = [m.state_dict()["0.weight"].clone() for m in (untrained, trained, twin)]
+    soup, chosen = greedy_soup([untrained, trained, twin], tiny_data.test, recalibrate=tiny_data.train,
+                               progress=False)
+    assert chosen[0] == 1 and 0 not in chosen and 2 in chosen   # best first; a copy of it never hurts
+    assert torch.allclose(soup.state_dict()["0.weight"], trained.state_dict()["0.weight"], atol=1e-6)
+    assert all(torch.equal(b, m.state_dict()["0.weight"]) for b, m in zip(before, (untrained, trained, twin)))
+    with pytest.raises(ValueError, match="at least one"):
+        greedy_soup([], tiny_data.test)

@@ -100,3 +100,14 @@ def test_load_refuses_pickled_code(tmp_path, capsys):
     assert load_checkpoint(path, _build(), {}) is None
     out = capsys.readouterr().out
     assert "corrupt" in out and "pwned" not in out.split("corrupt")[0]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    from helpers._paths import atomic_write
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "x.txt", lambda tmp: tmp.write_text("x"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644   # readable by others, like any file the user writes
