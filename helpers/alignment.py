@@ -10,10 +10,13 @@ units that best matches model_a's weights (Ainsworth, Hayase & Srinivasa, 2022: 
 over layers, each step a linear assignment solved by `scipy.optimize.linear_sum_assignment`) and
 returns a permuted copy of model_b that computes the same function.
 
-The permutation structure is read off the model, not written per architecture: `permutation_spec`
-walks an `nn.Sequential` (nested Sequentials are flattened) of Linear, Conv2d, BatchNorm1d/2d,
-element-wise activations, pooling, Dropout and Flatten. Anything else — a residual block, attention,
-LayerNorm — raises an error naming the module. The course CNNs are plain Sequentials.
+The permutation structure is read off the model, not written per architecture (`permutation_spec`):
+an `nn.Sequential` (nested Sequentials flattened) of Linear, Conv, BatchNorm, element-wise
+activations, pooling, Dropout and Flatten is read in layer order; any other model is traced with
+`torch.fx` (`traced_permutation_spec`), where a residual addition ties the channel groups it adds
+(a ResNet's stream is one group). Anything else — concatenation, attention, LayerNorm, grouped
+convolutions — raises an error naming the node; an explicit spec (a list of `PermGroup`) can be
+passed instead. The course CNNs are plain Sequentials.
 
 `repair(merged, model_a, model_b, batches, alpha)` fixes the variance collapse of merged models
 (Jordan et al., 2022): every hidden channel's output gets the mean and standard deviation
@@ -25,11 +28,14 @@ scale and shift into each hidden Linear / Conv layer's weights and bias.
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.fx
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -47,12 +53,19 @@ LAYERS = (nn.Linear, nn.Conv2d, nn.Conv1d)
 
 @dataclass
 class PermGroup:
-    """One hidden layer's units: permuted on dim 0 of `outputs` and dim 1 of `inputs` (of `next_layer`)."""
+    """One set of hidden units that must be permuted together: dim 0 of every key in `outputs` and
+    dim 1 of every weight in `inputs`. A plain layer's units form one group; layers joined by a
+    residual addition share one group (their outputs are added channel by channel).
+
+    This is also the format of an explicit `spec` for `weight_matching` / `permute_model`: a list of
+    groups, e.g. `[PermGroup(64, ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+    "1.running_var"], [("3.weight", 1)])]` for a Conv2d(., 64) + BatchNorm2d(64) read by the conv at index 3."""
 
     size: int
-    outputs: list[str] = field(default_factory=list)   # state-dict keys with this group on dim 0
-    next_layer: str | None = None                      # weight key of the consuming layer (dim 1)
-    block: int = 1                                     # >1 when a Flatten sits between: each unit is `block` inputs
+    outputs: list[str] = field(default_factory=list)              # state-dict keys with this group on dim 0
+    inputs: list[tuple[str, int]] = field(default_factory=list)   # (weight key, block) with this group on dim 1;
+    #   block > 1 when a Flatten sits between: each unit is `block` consecutive inputs of a Linear
+    name: str = ""                                                # where it comes from, for messages
 
 
 def _flatten(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -67,28 +80,30 @@ def _flatten(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
 
 
 def permutation_spec(model: nn.Module) -> list[PermGroup]:
-    """The permutation groups of a Sequential model: one per hidden Linear/Conv layer's outputs."""
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"weight matching reads the layer order of an nn.Sequential; got {type(model).__name__}. "
-                        "Wrap the layers in nn.Sequential, or write the permutation spec by hand.")
+    """The permutation groups of `model`: read off the layer order of an `nn.Sequential`, else traced
+    with `torch.fx` (`traced_permutation_spec`: residual networks included)."""
+    readable = LAYERS + NORMS + PASS_THROUGH + (nn.Flatten,)
+    if not isinstance(model, nn.Sequential) or not all(isinstance(m, readable) for _, m in _flatten(model)):
+        return traced_permutation_spec(model)
     groups: list[PermGroup] = []
     current: PermGroup | None = None
     flattened = False
     for name, module in _flatten(model):
         if isinstance(module, LAYERS):
             if current is not None:
-                current.next_layer = f"{name}.weight"
                 fan_in = module.weight.shape[1]
+                block = 1
                 if flattened:
                     if fan_in % current.size:
                         raise ValueError(f"{name} has {fan_in} inputs, not a multiple of the {current.size} "
                                          "channels before Flatten")
-                    current.block = fan_in // current.size
+                    block = fan_in // current.size
                 elif fan_in != current.size:
                     raise ValueError(f"{name} expects {fan_in} inputs but the previous layer has {current.size} units")
+                current.inputs.append((f"{name}.weight", block))
                 groups.append(current)
             current = PermGroup(size=module.weight.shape[0], outputs=[f"{name}.weight"] +
-                                ([f"{name}.bias"] if module.bias is not None else []))
+                                ([f"{name}.bias"] if module.bias is not None else []), name=name)
             flattened = False
         elif isinstance(module, NORMS):
             if current is None:
@@ -106,23 +121,141 @@ def permutation_spec(model: nn.Module) -> list[PermGroup]:
     return groups  # the last layer's outputs are the classes: never permuted
 
 
+def _input_index(perm: torch.Tensor, block: int) -> torch.Tensor:
+    """Indices along a consumer's dim 1 for unit permutation `perm` (Flatten: unit * block + position)."""
+    return (perm[:, None] * block + torch.arange(block)).flatten() if block > 1 else perm
+
+
+_ADD = {operator.add, operator.iadd, torch.add}
+_PASS_FUNCTIONS = {F.relu, F.gelu, F.silu, F.leaky_relu, F.elu, F.hardswish, F.relu6, F.dropout, F.max_pool2d,
+                   F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.relu, torch.sigmoid, torch.tanh}
+_PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous"}
+_FIXED = -1   # the union-find class of channels that must not move: inputs and the model's outputs
+
+
+def traced_permutation_spec(model: nn.Module) -> list[PermGroup]:
+    """The permutation groups of any model `torch.fx` can trace, built of Linear / Conv layers, BatchNorm,
+    element-wise activations, pooling, Dropout, Flatten and residual additions.
+
+    Each hidden Linear / Conv layer starts a group; BatchNorm and element-wise operations carry it;
+    an addition ties the groups of its two inputs into one (a residual stream: every layer writing to
+    it shares one permutation); the model's input and output channels never move. Anything else —
+    concatenation, reshaping views, attention, grouped convolutions, LayerNorm — is refused with the
+    node's name, so a wrong permutation is never produced silently."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 - dynamic control flow and the like: say what to do
+        raise ValueError(f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
+                         "pass an explicit spec (a list of PermGroup) to weight_matching") from None
+    modules = dict(model.named_modules())
+    parent: dict[int, int] = {_FIXED: _FIXED}
+    groups: dict[int, PermGroup] = {}
+    channel: dict[torch.fx.Node, int] = {}     # node -> group of its channel dim (dim 1)
+    flat: set[torch.fx.Node] = set()           # nodes whose channels were flattened into features
+
+    def find(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    def union(g: int, h: int, node) -> int:
+        g, h = find(g), find(h)
+        if g == h:
+            return g
+        if _FIXED in (g, h):
+            g, h = _FIXED, h if g == _FIXED else g
+        elif groups[g].size != groups[h].size:
+            raise ValueError(f"node {node.name!r} adds {groups[g].size} channels to {groups[h].size}")
+        parent[h] = g
+        return g
+
+    def source(node, arg):
+        if not isinstance(arg, torch.fx.Node) or arg not in channel:
+            raise ValueError(f"unsupported node {node.name!r} ({node.op} {node.target}): its input is not a "
+                             "traced tensor")
+        return arg
+
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            channel[node] = _FIXED
+        elif node.op == "call_module" and isinstance(modules[node.target], LAYERS):
+            layer, x = modules[node.target], source(node, node.args[0])
+            if getattr(layer, "groups", 1) != 1:
+                raise ValueError(f"unsupported module {node.target} ({type(layer).__name__} with groups="
+                                 f"{layer.groups}): grouped convolutions tie channels in blocks")
+            g_in = find(channel[x])
+            if g_in != _FIXED:
+                size = groups[g_in].size
+                fan_in = layer.weight.shape[1]
+                block = fan_in // size if x in flat else 1
+                if fan_in != size * block:
+                    raise ValueError(f"{node.target} has {fan_in} inputs, which do not match the {size} channels "
+                                     f"that reach it")
+                groups[g_in].inputs.append((f"{node.target}.weight", block))
+            g = len(groups)
+            parent[g] = g
+            groups[g] = PermGroup(layer.weight.shape[0], [f"{node.target}.weight"] +
+                                  ([f"{node.target}.bias"] if layer.bias is not None else []), name=node.target)
+            channel[node] = g
+        elif node.op == "call_module" and isinstance(modules[node.target], NORMS):
+            x = source(node, node.args[0])
+            if x in flat:
+                raise ValueError(f"unsupported module {node.target} ({type(modules[node.target]).__name__}) "
+                                 "after Flatten: its features mix channels and positions")
+            g = find(channel[x])
+            if g != _FIXED:
+                groups[g].outputs += [f"{node.target}.{k}" for k in ("weight", "bias", "running_mean", "running_var")
+                                      if getattr(modules[node.target], k, None) is not None]
+            channel[node] = channel[x]
+        elif (node.op == "call_module" and isinstance(modules[node.target], PASS_THROUGH + (nn.Flatten,))) or \
+                (node.op == "call_function" and (node.target in _PASS_FUNCTIONS or node.target is torch.flatten)) or \
+                (node.op == "call_method" and node.target in _PASS_METHODS | {"flatten"}):
+            x = source(node, node.args[0])
+            channel[node] = channel[x]
+            is_flatten = (node.op == "call_module" and isinstance(modules[node.target], nn.Flatten)) or \
+                node.target in (torch.flatten, "flatten")
+            if x in flat or is_flatten:
+                flat.add(node)
+        elif node.op == "call_function" and node.target in _ADD:
+            xs = [source(node, a) for a in node.args[:2]]
+            if any(x in flat for x in xs):
+                raise ValueError(f"unsupported node {node.name!r}: an addition of flattened features")
+            channel[node] = union(channel[xs[0]], channel[xs[1]], node)
+        elif node.op == "output":
+            outs = node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]]
+            for out in outs:
+                union(channel[source(node, out)], _FIXED, node)
+        else:
+            what = (f"module {node.target} ({type(modules[node.target]).__name__})" if node.op == "call_module"
+                    else f"{node.op} {getattr(node.target, '__name__', node.target)}")
+            raise ValueError(f"unsupported node {node.name!r}, {what}: weight matching supports Linear, "
+                             "Conv, BatchNorm, element-wise activations, pooling, Dropout, Flatten and additions; "
+                             "pass an explicit spec (a list of PermGroup) for anything else")
+    merged: dict[int, PermGroup] = {}
+    for g, group in groups.items():
+        root = find(g)
+        if root == _FIXED:
+            continue
+        if root not in merged:
+            merged[root] = PermGroup(group.size, name=groups[root].name)
+        merged[root].outputs += group.outputs
+        merged[root].inputs += group.inputs
+    return [merged[r] for r in sorted(merged)]
+
+
 def _permute(state: dict[str, torch.Tensor], group: PermGroup, perm: torch.Tensor) -> None:
     """Apply `perm` to `group` in `state` (in place on the dict, new tensors)."""
     for key in group.outputs:
         state[key] = state[key].index_select(0, perm.to(state[key].device))
-    if group.next_layer is not None:
-        w = state[group.next_layer]
-        if group.block > 1:  # Flatten: input index = unit * block + position
-            idx = (perm[:, None] * group.block + torch.arange(group.block)).flatten()
-        else:
-            idx = perm
-        state[group.next_layer] = w.index_select(1, idx.to(w.device))
+    for key, block in group.inputs:
+        state[key] = state[key].index_select(1, _input_index(perm, block).to(state[key].device))
 
 
-def permute_model(model: nn.Module, perms: Sequence[torch.Tensor]) -> nn.Module:
+def permute_model(model: nn.Module, perms: Sequence[torch.Tensor], spec: Sequence[PermGroup] | None = None) -> nn.Module:
     """A copy of `model` with hidden units reordered by `perms` (one index tensor per group of
     `permutation_spec(model)`): new unit i is old unit perms[g][i]. Same function, different weights."""
-    groups = permutation_spec(model)
+    groups = permutation_spec(model) if spec is None else list(spec)
     if len(perms) != len(groups):
         raise ValueError(f"got {len(perms)} permutations for {len(groups)} permutation groups")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -147,15 +280,18 @@ def _weights_only(group: PermGroup) -> list[str]:
     return [k for k in group.outputs if not k.endswith(("running_mean", "running_var"))]
 
 
-def weight_matching(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100, seed: int = 0) -> nn.Module:
+def weight_matching(model_a: nn.Module, model_b: nn.Module, spec: Sequence[PermGroup] | None = None, *,
+                    max_iter: int = 100, seed: int = 0) -> nn.Module:
     """A copy of `model_b` with its hidden units permuted to match `model_a` (Git Re-Basin weight
     matching). The copy computes the same function as `model_b`; neither input is changed.
+    spec: the permutation groups (see `PermGroup`); by default read off the model (`permutation_spec`).
     The permutations themselves: `match_permutations` (same arguments)."""
-    return permute_model(model_b, match_permutations(model_a, model_b, max_iter=max_iter, seed=seed))
+    spec = permutation_spec(model_a) if spec is None else list(spec)
+    return permute_model(model_b, match_permutations(model_a, model_b, spec, max_iter=max_iter, seed=seed), spec)
 
 
-def match_permutations(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100,
-                       seed: int = 0) -> list[torch.Tensor]:
+def match_permutations(model_a: nn.Module, model_b: nn.Module, spec: Sequence[PermGroup] | None = None, *,
+                       max_iter: int = 100, seed: int = 0) -> list[torch.Tensor]:
     """The permutations of weight matching: one index tensor per group of `permutation_spec(model_a)`;
     `permute_model(model_b, perms)` applies them (new unit i of a group is old unit perms[g][i]).
 
@@ -164,17 +300,30 @@ def match_permutations(model_a: nn.Module, model_b: nn.Module, *, max_iter: int 
     biases and BatchNorm parameters, and the next layer's incoming weights), holding the other
     groups fixed; sweeps repeat until no group changes (at most `max_iter` sweeps)."""
     check_compatible([model_a.state_dict(), model_b.state_dict()])
-    groups = permutation_spec(model_a)
+    groups = permutation_spec(model_a) if spec is None else list(spec)
     a = {k: v.detach().float().cpu() for k, v in model_a.state_dict().items()}
     b = {k: v.detach().float().cpu() for k, v in model_b.state_dict().items()}
     perms = [torch.arange(g.size) for g in groups]
     rng = np.random.default_rng(seed)
+    # Which other group permutes each key's other dimension: a group's cost needs only its own keys,
+    # each with the other groups' permutations applied (not the whole state dict).
+    dim0 = {key: j for j, g in enumerate(groups) for key in g.outputs}
+    dim1 = {key: (j, block) for j, g in enumerate(groups) for key, block in g.inputs}
 
     def permuted_b_except(skip: int) -> dict[str, torch.Tensor]:
-        state = dict(b)
-        for j, (group, perm) in enumerate(zip(groups, perms)):
-            if j != skip:
-                _permute(state, group, perm)
+        group = groups[skip]
+        state = {}
+        for key in group.outputs:
+            t = b[key]
+            if key in dim1 and dim1[key][0] != skip:
+                j, block = dim1[key]
+                t = t.index_select(1, _input_index(perms[j], block))
+            state[key] = t
+        for key, _ in group.inputs:
+            t = b[key]
+            if key in dim0 and dim0[key] != skip:
+                t = t.index_select(0, perms[dim0[key]])
+            state[key] = t
         return state
 
     for _ in range(max_iter):
@@ -185,8 +334,8 @@ def match_permutations(model_a: nn.Module, model_b: nn.Module, *, max_iter: int 
             cost = torch.zeros(group.size, group.size, dtype=torch.float64)
             for key in _weights_only(group):
                 cost += (a[key].reshape(group.size, -1).double() @ pb[key].reshape(group.size, -1).double().T)
-            if group.next_layer is not None:
-                wa, wb = a[group.next_layer], pb[group.next_layer]
+            for key, _ in group.inputs:
+                wa, wb = a[key], pb[key]
                 # (out, in * block, ...) -> (in, out * block * ...): one row per unit of this group
                 wa = wa.reshape(wa.shape[0], group.size, -1).transpose(0, 1).reshape(group.size, -1)
                 wb = wb.reshape(wb.shape[0], group.size, -1).transpose(0, 1).reshape(group.size, -1)

@@ -68,7 +68,7 @@ def test_alignment_keeps_model_b_function_and_input(kind):
     assert dist(aligned) < dist(b)
 
 
-def test_unsupported_module_is_named():
+def test_a_residual_module_inside_a_sequential_is_traced_and_unknown_modules_are_named():
     class Residual(nn.Module):
         def __init__(self):
             super().__init__()
@@ -77,10 +77,16 @@ def test_unsupported_module_is_named():
         def forward(self, x):
             return x + self.conv(x)
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), Residual(), nn.Flatten(), nn.LazyLinear(10))
-    with pytest.raises(ValueError, match=r"unsupported module 1 \(Residual\)"):
-        permutation_spec(model)
-    with pytest.raises(TypeError, match="nn.Sequential"):
+    seed_everything(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Residual(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    spec = permutation_spec(model)
+    assert [g.size for g in spec] == [4] and ("1.conv.weight", 1) in spec[0].inputs   # one tied stream
+    shuffled = permute_model(model, random_permutations(model, seed=1))
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(model(x), shuffled(x), atol=1e-5)
+    with pytest.raises(ValueError, match=r"unsupported node '_1', module 1 \(LayerNorm\)"):
+        permutation_spec(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)))
+    with pytest.raises(ValueError, match="cannot trace"):
         permutation_spec(nn.Module())
     mismatched = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     other = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
@@ -183,3 +189,112 @@ def test_repair_without_normalisation_helps_a_collapsed_midpoint(tiny_data):
     plain = evaluate(interpolate(a, b, 0.5), tiny_data.test)["loss"]
     repaired = evaluate(repair(interpolate(a, b, 0.5), a, b, batches, device="cpu"), tiny_data.test)["loss"]
     assert repaired <= plain
+
+
+# ----------------------------------------------------------------------------------------------
+# Residual networks: permutation groups traced with torch.fx
+
+
+def _resnet18():
+    import torchvision
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)   # the CIFAR stem
+    model.maxpool = nn.Identity()
+    return model
+
+
+class TinyResNet(nn.Module):
+    """A residual CNN the course does not use: a stem, two residual blocks on one stream, a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+                                    nn.Conv2d(12, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.block2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(),
+                                    nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * 4, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.block1(x))
+        x = torch.relu(x + self.block2(x))
+        return self.head(x)
+
+
+def _warm(model, shape=(3, 32, 32)):
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, *shape))
+    return model.eval()
+
+
+@pytest.mark.parametrize("make, groups", [(TinyResNet, 3), (_resnet18, 12)], ids=["tiny_resnet", "resnet18"])
+def test_residual_networks_permute_and_are_recovered_exactly(make, groups):
+    from helpers.alignment import traced_permutation_spec
+    seed_everything(0)
+    model = _warm(make())
+    spec = traced_permutation_spec(model)
+    assert len(spec) == groups   # residual streams are one group each, plus one per inner layer
+    shuffled = permute_model(model, random_permutations(model, seed=3))
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(model(x), shuffled(x), atol=1e-4)
+    assert not torch.equal(model.state_dict()["head.2.weight" if make is TinyResNet else "fc.weight"],
+                           shuffled.state_dict()["head.2.weight" if make is TinyResNet else "fc.weight"])
+    recovered = weight_matching(model, shuffled)
+    for (k, a), b in zip(model.state_dict().items(), recovered.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_traced_spec_agrees_with_the_sequential_reading():
+    from helpers.alignment import traced_permutation_spec
+
+    class Wrapped(nn.Module):   # the course CNN inside a non-Sequential module: traced, not read off
+        def __init__(self):
+            super().__init__()
+            self.net = course_cnn(0.25)
+
+        def forward(self, x):
+            return self.net(x)
+
+    model = Wrapped()
+    traced = traced_permutation_spec(model)
+    read = permutation_spec(model.net)
+    assert [(g.size, g.outputs, g.inputs) for g in traced] == \
+        [(g.size, [f"net.{k}" for k in r.outputs], [(f"net.{k}", b) for k, b in r.inputs]) for g, r in zip(traced, read)]
+
+
+def test_unsupported_operations_are_refused_with_the_node_name():
+    class Concat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(torch.cat([self.a(x), self.b(x)], 1).mean((2, 3)))
+
+    with pytest.raises(ValueError, match="unsupported node 'cat', call_function cat"):
+        weight_matching(Concat(), Concat())
+    grouped = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(), nn.Linear(8 * 28 * 28, 10))
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = grouped
+
+        def forward(self, x):
+            return self.net(x)
+
+    with pytest.raises(ValueError, match=r"net\.1 \(Conv2d with groups=8\)"):
+        weight_matching(Wrap(), Wrap())
+
+
+def test_an_explicit_spec_is_used_as_given():
+    from helpers.alignment import PermGroup
+    seed_everything(0)
+    model = _warm(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 10)), (3, 8, 8))
+    spec = [PermGroup(16, ["1.weight", "1.bias"], [("3.weight", 1)])]
+    shuffled = permute_model(model, [torch.randperm(16)], spec)
+    recovered = weight_matching(model, shuffled, spec)
+    assert torch.equal(recovered[1].weight, model[1].weight)
