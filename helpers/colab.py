@@ -31,7 +31,8 @@ def install_cell(url: str) -> str:
     """The first code cell of every notebook: installs the course on Colab, does nothing elsewhere."""
     return (f"{MARKER} (does nothing anywhere else; written by `python -m helpers.colab`).\n"
             "import importlib.util, subprocess, sys\n"
-            "if importlib.util.find_spec(\"google.colab\") and importlib.util.find_spec(\"helpers\") is None:\n"
+            "on_colab = importlib.util.find_spec(\"google\") is not None and importlib.util.find_spec(\"google.colab\") is not None\n"
+            "if on_colab and importlib.util.find_spec(\"helpers\") is None:\n"
             f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"git+{url}\"], check=True)")
 
 
