@@ -60,7 +60,8 @@ def write(root: Path | None = None) -> list[Path]:
         cell = next((c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).startswith(MARKER)),
                     None)
         if cell is None:
-            cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": []}
+            cell = {"cell_type": "code", "execution_count": None, "id": "colab-install", "metadata": {}, "outputs": [],
+                    "source": []}
             first_code = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
             nb["cells"].insert(first_code, cell)
         lines = source.split("\n")
