@@ -56,6 +56,37 @@ class CNN(nn.Sequential):
         self.num_classes = num_classes
 
 
+class ResidualCNN(nn.Module):
+    """A small residual CNN for 32x32 images (notebook 04's residual pair): a stem, then per stage a
+    downsampling conv block followed by one residual block `x + block(x)` (conv-BN-GELU-conv-BN), then
+    global max-pool and a linear classifier. Each stage's stream is one permutation group: the
+    residual addition ties the block's output to its input (`helpers.alignment` traces it).
+
+    widths: (stem, stage1, stage2, stage3) channels. Input (N, 3, 32, 32) -> logits (N, num_classes)."""
+
+    def __init__(self, widths: Sequence[int] = COURSE_WIDTHS, *, num_classes: int = 10):
+        super().__init__()
+        if len(widths) != 4 or min(widths) < 1:
+            raise ValueError(f"widths must be 4 positive channel counts (stem + 3 stages), got {widths}")
+        self.stem = nn.Sequential(*conv_bn(3, widths[0]))
+        self.down = nn.ModuleList(nn.Sequential(*conv_bn(c_in, c_out, pool=True))
+                                  for c_in, c_out in zip(widths[:-1], widths[1:]))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.GELU(),
+                          nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+            for c in widths[1:])
+        self.act = nn.GELU()
+        self.head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes))
+        self.widths = tuple(int(w) for w in widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for down, block in zip(self.down, self.blocks):
+            x = down(x)
+            x = self.act(x + block(x))
+        return self.head(x)
+
+
 def _scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
@@ -70,6 +101,11 @@ def course_cnn(width: float = 1.0, *, num_classes: int = 10) -> CNN:
 def student_cnn(width: float = 1.0, *, num_classes: int = 10) -> CNN:
     """The smaller student of notebook 06: one conv block per stage, channels `STUDENT_WIDTHS` x `width`."""
     return CNN(_scaled(STUDENT_WIDTHS, width), convs_per_stage=1, num_classes=num_classes)
+
+
+def residual_cnn(width: float = 1.0, *, num_classes: int = 10) -> ResidualCNN:
+    """The residual variant of the course model, channels `COURSE_WIDTHS` times `width`."""
+    return ResidualCNN(_scaled(COURSE_WIDTHS, width), num_classes=num_classes)
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:

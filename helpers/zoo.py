@@ -14,6 +14,7 @@ cache is empty. So every notebook can run on its own, in any order.
 |   `disjoint`            |   training data: each sees one label-skewed half (Dirichlet split)          |
 | `get_spawned_children`  | more children of the spawned pair's parent (soups)                          |
 | `get_joint`             | one course model trained on all the training data                           |
+| `get_residual_pair`     | two independent residual CNNs (notebook 04: alignment of residual networks)  |
 | `get_student`           | the small student CNN trained from scratch (notebook 06's baseline)          |
 | `get_distilled_student` | the student distilled from a teacher (`helpers.distillation`)               |
 | `get_fedavg`            | FedAvg of the course CNN over client splits (`helpers.federated`)           |
@@ -42,7 +43,7 @@ from helpers.distillation import CachedTeacher, distill
 from helpers.ensembling import Ensemble
 from helpers.evaluation import evaluate
 from helpers.federated import client_split, fedavg
-from helpers.models import course_cnn, student_cnn
+from helpers.models import course_cnn, residual_cnn, student_cnn
 from helpers.presets import Preset
 from helpers.repro import seed_everything
 from helpers.training import History, TrainConfig, train_epochs
@@ -62,6 +63,8 @@ SEEDS: Mapping[str, int] = MappingProxyType({
     "spawned_children": 6,       # first child's data order (then 7, 8, ...)
     "disjoint": 8,               # member i: init and data order 8 + i
     "joint": 10,
+    "residual_a": 11,            # the residual pair of notebook 04 (independent: init and data order)
+    "residual_b": 12,
     "fedavg_init": 30,           # the server model's initial weights, every FedAvg setting
     "student": 100,              # student seed s: init and data order 100 + s
     "dirichlet_split": 0,        # the disjoint pair's data split
@@ -131,7 +134,7 @@ def data_tag(preset: Preset, data: DataSplits) -> str:
 
 def build_model(arch: str, width: float, init_seed: int) -> nn.Module:
     """A freshly initialised model; the same `init_seed` gives the same weights."""
-    builders = {"course": course_cnn, "student": student_cnn}
+    builders = {"course": course_cnn, "student": student_cnn, "residual": residual_cnn}
     if arch not in builders:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(builders)}")
     seed_everything(init_seed)
@@ -204,6 +207,15 @@ def get_pair(kind: str, preset: Preset, data: DataSplits, *, progress: bool = Tr
     model_b, history_b = train_run(config_b, data, name=f"{preset.name}-{kind}-b", parent_name=parent, progress=progress)
     return Pair(kind, model_a, model_b, history_a, history_b,
                 config_a.subset.select(data.train), config_b.subset.select(data.train))
+
+
+def get_residual_pair(preset: Preset, data: DataSplits, *, progress: bool = True) -> Pair:
+    """Two independently trained residual CNNs (`helpers.models.residual_cnn` at the preset's width),
+    for aligning residual networks in notebook 04."""
+    configs = [replace(course_config(preset, data, SEEDS[f"residual_{m}"]), arch="residual") for m in "ab"]
+    (model_a, history_a), (model_b, history_b) = (
+        train_run(c, data, name=f"{preset.name}-residual-{m}", progress=progress) for c, m in zip(configs, "ab"))
+    return Pair("independent_residual", model_a, model_b, history_a, history_b, data.train, data.train)
 
 
 def get_spawned_children(preset: Preset, data: DataSplits, num_children: int, *,

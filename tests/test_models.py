@@ -42,3 +42,16 @@ def test_bad_widths_fail_clearly():
         CNN((8, 16))
     with pytest.raises(ValueError, match="width"):
         course_cnn(0)
+
+
+def test_residual_cnn_shapes_and_traced_groups():
+    from helpers.alignment import permutation_spec, permute_model, random_permutations
+    from helpers.models import residual_cnn
+    model = residual_cnn(0.25).eval()
+    x = torch.randn(3, 3, 32, 32)
+    assert model(x).shape == (3, 10)
+    # stem, then per stage the residual stream (down conv tied to the block's output) and the block's inner layer
+    assert [g.size for g in permutation_spec(model)] == [8, 16, 16, 32, 32, 64, 64]
+    assert torch.allclose(model(x), permute_model(model, random_permutations(model, seed=0))(x), atol=1e-5)
+    with pytest.raises(ValueError, match="widths"):
+        residual_cnn(1.0).__class__((8, 16))

@@ -50,6 +50,7 @@ RECIPES = {
     "pair disjoint": lambda p, d: zoo.get_pair("disjoint", p, d, progress=False).model_b,
     "spawned children": lambda p, d: zoo.get_spawned_children(p, d, 3, progress=False)[2][0],
     "joint": lambda p, d: zoo.get_joint(p, d, progress=False)[0],
+    "residual pair": lambda p, d: zoo.get_residual_pair(p, d, progress=False).model_b,
     "student": lambda p, d: zoo.get_student(p, d, seed=1, progress=False)[0],
     "distilled student": lambda p, d: zoo.get_distilled_student(p, d, teacher="member", temperature=2.0,
                                                                  progress=False)[0],
