@@ -33,7 +33,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 MEAN = (125.31, 122.95, 113.87)
 STD = (62.99, 62.09, 66.70)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-CACHE_FORMAT = 2  # 2: the content fingerprint is stored beside the tensors
+CACHE_FORMAT = 3  # 3: the stored content fingerprint is also the integrity check (no separate checksum)
 
 
 class DataNotFoundError(RuntimeError):
@@ -202,25 +202,18 @@ def _load_cache(path: Path, source: str) -> DataSplits | None:
             and blob["train_images"].dtype == torch.uint8
             and len(blob["train_images"]) == len(blob["train_labels"]) == blob["num_train"]
             and len(blob["test_images"]) == len(blob["test_labels"]) == blob["num_test"]
-            and _checksum(blob["train_images"], blob["test_images"]) == blob["checksum"]
-            and isinstance(blob.get("fingerprint"), str) and len(blob["fingerprint"]) == 16
         )
+        if ok:  # the stored content fingerprint doubles as the integrity check
+            train = TensorData(blob["train_images"], blob["train_labels"], CLASSES, source)
+            test = TensorData(blob["test_images"], blob["test_labels"], CLASSES, source)
+            ok = content_fingerprint(train, None, test) == blob["fingerprint"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt, the reason is shown
         print(f"Data cache {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it.")
         return None
     if not ok:
         print(f"Data cache {path} is stale or corrupt (checks failed); rebuilding it.")
         return None
-    train = TensorData(blob["train_images"], blob["train_labels"], CLASSES, source)
-    test = TensorData(blob["test_images"], blob["test_labels"], CLASSES, source)
     return DataSplits(train, test, source, fingerprint=blob["fingerprint"])
-
-
-def _checksum(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _save_cache(path: Path, data: DataSplits) -> None:
@@ -230,7 +223,6 @@ def _save_cache(path: Path, data: DataSplits) -> None:
         "train_images": data.train.images, "train_labels": data.train.labels,
         "test_images": data.test.images, "test_labels": data.test.labels,
         "num_train": len(data.train), "num_test": len(data.test),
-        "checksum": _checksum(data.train.images, data.test.images),
         "fingerprint": data.fingerprint,
     }
     atomic_write(path, lambda tmp: torch.save(blob, tmp))

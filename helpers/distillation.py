@@ -19,6 +19,16 @@ from helpers.training import History, TrainConfig, train_epochs
 OBJECTIVES = ("kl", "mse")
 
 
+def check_options(*, temperature: float, soft_weight: float, objective: str) -> None:
+    """Raise `ValueError` naming the first invalid distillation option."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
+    if not 0.0 <= soft_weight <= 1.0:
+        raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
                       temperature: float = 4.0, soft_weight: float = 0.9, objective: str = "kl",
                       label_smoothing: float = 0.0) -> torch.Tensor:
@@ -29,17 +39,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         so its gradients keep the same scale whatever the temperature (Hinton et al., 2015).
     objective="mse": mean squared error between the raw logits (temperature unused).
     The teacher's logits are detached: no gradient ever reaches the teacher."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
+    check_options(temperature=temperature, soft_weight=soft_weight, objective=objective)
     if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student and teacher logits must both be (N, C); got {tuple(student_logits.shape)} "
                          f"and {tuple(teacher_logits.shape)}")
     if targets.shape != student_logits.shape[:1]:
         raise ValueError(f"targets must be ({student_logits.shape[0]},) class indices; got {tuple(targets.shape)}")
-    if not 0.0 <= soft_weight <= 1.0:
-        raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
     teacher_logits = teacher_logits.detach()
     ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
     if objective == "kl":
@@ -94,8 +99,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: TensorData, *, config:
     returns its `History`. The teacher sees the student's augmented batch; `config.label_smoothing`
     applies to the cross-entropy part. The training loop is `helpers.training.train_epochs`, with
     `distillation_loss` as its loss."""
-    distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), temperature=temperature,
-                      soft_weight=soft_weight, objective=objective)  # check the options before any training
+    check_options(temperature=temperature, soft_weight=soft_weight, objective=objective)  # before any training
     device = torch.device(device) if device is not None else pick_device()
     teacher = teacher.to(device, memory_format=torch.channels_last).eval()
 
