@@ -5,7 +5,7 @@
 version, device, git commit and date beside the numbers. Values must be plain Python numbers,
 strings, lists and dicts (tensors are refused, so nothing un-reviewable ends up in a file).
 
-Notebook 08's trade-off table is built here from the other notebooks' files (`load_all_results`,
+Notebook 10's trade-off table is built here from the other notebooks' files (`load_all_results`,
 `tradeoff_rows`, `tradeoff_markdown`) and written with `save_text`.
 """
 
@@ -69,17 +69,18 @@ def save_figure(fig, name: str, *, preset: str, dpi: int = 120) -> Path:
 
 
 def save_text(name: str, text: str, *, preset: str) -> Path:
-    """Write `text` to `results/<preset>/<name>` atomically (e.g. the summary of notebook 08)."""
+    """Write `text` to `results/<preset>/<name>` atomically (e.g. the summary of notebook 10)."""
     path = results_dir(preset) / name
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 
 
 # ----------------------------------------------------------------------------------------------
-# The trade-off table (notebook 08): one row per method, read from the other notebooks' results
+# The trade-off table (notebook 10): one row per method, read from the other notebooks' results
 
 TRADEOFF_SOURCES = ("02_train_paired_models", "03_weight_averaging", "04_permutation_alignment",
-                    "05_prediction_ensembling", "06_knowledge_distillation", "07_federated_averaging")
+                    "05_prediction_ensembling", "06_knowledge_distillation", "07_federated_averaging",
+                    "08_soups_and_merging", "09_model_fusion")
 
 
 def load_all_results(preset: str, notebooks: Sequence[str] = TRADEOFF_SOURCES) -> dict[str, dict]:
@@ -94,11 +95,15 @@ def load_all_results(preset: str, notebooks: Sequence[str] = TRADEOFF_SOURCES) -
 
 def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     """The rows of the trade-off table from the notebooks' results (`load_all_results(...)`, each
-    file's `results` part). Reference point: the better member of the independent pair. Costs are
-    multiples of one course model: inference FLOPs, and training seconds on top of the members'.
+    file's `results` part). Two reference points per row: the better member of the independent pair
+    (`delta`, the same for every row), and the row's **own** reference (`reference`, `delta_own`):
+    what the method must beat to be worth it — its own members, its own run's endpoint, joint
+    retraining. Costs are multiples of one course model: inference FLOPs, and training seconds on top
+    of the members'.
 
-    Each row: method, accuracy, delta (vs the better member), nll, ece (None where not measured),
-    inference_x, ms_per_batch, extra_training_x, needs."""
+    Each row: method, accuracy (the mean where there are several runs), accuracy_std, n_runs, delta,
+    reference, delta_own, nll, ece (None where not measured), inference_x, ms_per_batch,
+    extra_training_x, needs."""
     R = {name: r["results"] for name, r in results.items()}
     ens = R["05_prediction_ensembling"]
     ind = ens["pairs"]["independent"]
@@ -109,10 +114,16 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     avg = R["03_weight_averaging"]["pairs"]
     align = R["04_permutation_alignment"]["pairs"]["independent"]
     joint = R["02_train_paired_models"]["joint"]
+    disjoint = R["02_train_paired_models"]["pairs"]["disjoint"]
+    soups, swa, tasks = (R["08_soups_and_merging"][k] for k in ("soups", "swa", "task_arithmetic"))
+    fusion = R["09_model_fusion"]
 
-    def row(method, accuracy, *, nll=None, ece=None, inference=1.0, ms=None, extra_training=0.0, needs=""):
-        return {"method": method, "accuracy": accuracy, "delta": accuracy - better, "nll": nll, "ece": ece,
-                "inference_x": inference, "ms_per_batch": ms, "extra_training_x": extra_training, "needs": needs}
+    def row(method, accuracy, *, std=0.0, n=1, reference="better member (independent)", own=None, nll=None,
+            ece=None, inference=1.0, ms=None, extra_training=0.0, needs=""):
+        own = better if own is None else own
+        return {"method": method, "accuracy": accuracy, "accuracy_std": std, "n_runs": n, "delta": accuracy - better,
+                "reference": reference, "delta_own": accuracy - own, "nll": nll, "ece": ece, "inference_x": inference,
+                "ms_per_batch": ms, "extra_training_x": extra_training, "needs": needs}
 
     def metrics(m):
         return {"nll": m["nll"], "ece": m["ece"]}
@@ -121,12 +132,22 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     better_metrics = ind["member_a"] if ind["member_a"]["accuracy"] == better else ind["member_b"]
     ensemble_ms = min(ens["cost"]["loop_ms_per_batch"], ens["cost"]["vmap_ms_per_batch"])  # the faster path
     student = kd["students"][kd["chosen"]]                 # the temperature notebook 06 chose on data.val
+    spawned_better = max(avg["spawned"]["accuracy_a"], avg["spawned"]["accuracy_b"])
+    disjoint_better = max(disjoint["accuracy_a"], disjoint["accuracy_b"])
+    swa_mean, swa_std = swa["mean_std"]["swa"]
+    options = fusion["options"]
+    joint_union = options["joint retraining (union, from scratch)"]["accuracy"]
+    half = options["fine-tune 0.5 ep from aligned + REPAIR average"]
+    distilled = options["ensemble distilled on the union"]
+    fusion_seconds = fusion["joint_seconds"] / member_seconds     # joint retraining in member-training units
+    ta_name = next(n for n in tasks["test"] if n.startswith("task arithmetic"))
     return [
         row("single model (better member)", better, **metrics(better_metrics), ms=ens["cost"]["single_ms_per_batch"],
             needs="—"),
         row("weight average, naive (independent pair)", avg["independent"]["midpoint_naive"],
             needs="same architecture"),
         row("weight average + BN reset (spawned pair)", avg["spawned"]["midpoint_recalibrated"],
+            reference="better spawned child", own=spawned_better,
             needs="same architecture, shared parent, training images for BN"),
         row("weight average, aligned + REPAIR (independent)", align["aligned + REPAIR"]["midpoint_accuracy"],
             extra_training=align["weight_matching_seconds"] / member_seconds,
@@ -136,15 +157,32 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
         row("ensemble + temperature scaling (independent)", ts_ens["after"]["accuracy"], **metrics(ts_ens["after"]),
             inference=2.0, ms=ensemble_ms, needs="validation images"),
         row("ensemble, validation-weighted (disjoint pair)", ens["weighted"]["disjoint"]["accuracy"],
-            **metrics(ens["weighted"]["disjoint"]), inference=2.0, ms=ensemble_ms, needs="validation images"),
-        row(f"student distilled from the ensemble (T={kd['temperature']:g})", student["mean"],
-            inference=kd["cost"]["student"]["flops"] / ens["cost"]["flops_single"],
+            **metrics(ens["weighted"]["disjoint"]), reference="better disjoint member", own=disjoint_better,
+            inference=2.0, ms=ensemble_ms, needs="validation images"),
+        row(f"student distilled from the ensemble (T={kd['temperature']:g})", student["mean"], std=student["std"],
+            n=len(student["accuracy"]), inference=kd["cost"]["student"]["flops"] / ens["cost"]["flops_single"],
             extra_training=student["train_seconds_mean"] / member_seconds, needs="training images"),
         row("joint model, retrained on all data", joint["test_accuracy"],
             extra_training=joint["train_seconds"] / member_seconds, needs="all training data in one place"),
-        row("FedAvg, IID clients", fed["fedavg_final_accuracy"]["IID"],
-            extra_training=fed["fedavg_curves"]["IID"]["seconds"][-1] / member_seconds,
+        row("FedAvg, IID clients", fed["fedavg_final_accuracy"]["IID"], reference="joint model",
+            own=joint["test_accuracy"], extra_training=fed["fedavg_curves"]["IID"]["seconds"][-1] / member_seconds,
             needs="clients that train together from the start"),
+        row("SWA average of one run", swa_mean, std=swa_std, n=len(swa["accuracy"]["swa"]),
+            reference="its own runs' endpoints", own=swa["mean_std"]["endpoint"][0],
+            needs="a say in the training schedule; training images for BN"),
+        row("greedy soup (spawned children)", soups["full"]["greedy"], reference="best child (by val)",
+            own=soups["full"]["best_child"], needs="children of one parent, validation images"),
+        row("uniform soup (spawned children)", soups["full"]["uniform"], reference="best child (by val)",
+            own=soups["full"]["best_child"], needs="children of one parent, training images for BN"),
+        row("task arithmetic (two fine-tunes of one base)", tasks["test"][ta_name]["all classes"],
+            reference="ensemble of the fine-tunes", own=tasks["test"]["ensemble of the fine-tunes"]["all classes"],
+            needs="fine-tunes of one base, validation images"),
+        row("merge (aligned + REPAIR) then fine-tune ½ epoch (disjoint owners)", half["accuracy"],
+            reference="joint retraining", own=joint_union, extra_training=half["cost"] * fusion_seconds,
+            needs="the union of the data for a short fine-tune"),
+        row("owners' ensemble distilled on the union (disjoint owners)", distilled["accuracy"],
+            reference="joint retraining", own=joint_union, extra_training=distilled["cost"] * fusion_seconds,
+            needs="the union of the data (labels not needed)"),
     ]
 
 
@@ -153,10 +191,19 @@ def tradeoff_markdown(rows: Sequence[Mapping]) -> str:
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
 
-    header = ("| method | test accuracy | Δ vs better member | NLL | ECE | inference (× one model) | ms / batch | "
-              "extra training (× one model) | needs |\n|---|---|---|---|---|---|---|---|---|\n")
+    def spread(r):
+        n = r.get("n_runs", 1)
+        return "1 run" if n == 1 else f"± {100 * r['accuracy_std']:.2f} ({n} runs)"
+
+    def own(r):
+        return "—" if "reference" not in r else f"{100 * r['delta_own']:+.2f} ({r['reference']})"
+
+    header = ("| method | test accuracy | Δ vs better member | spread | Δ vs its own reference | NLL | ECE | "
+              "inference (× one model) | ms / batch | extra training (× one model) | needs |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|\n")
     return header + "".join(
-        f"| {r['method']} | {r['accuracy']:.2%} | {100 * r['delta']:+.2f} | {fmt(r['nll'], '.3f')} "
+        f"| {r['method']} | {r['accuracy']:.2%} | {100 * r['delta']:+.2f} | {spread(r)} | {own(r)} "
+        f"| {fmt(r['nll'], '.3f')} "
         f"| {fmt(r['ece'], '.3f')} | {r['inference_x']:.2f} | {fmt(r['ms_per_batch'], '.1f')} "
         f"| {r['extra_training_x']:.2f} | {r['needs']} |\n" for r in rows)
 

@@ -8,8 +8,9 @@ The pieces, smallest first:
 - `run_steps(model, batches, lrs, optimizer=, loss_fn=)`: the core, one optimiser step per batch;
 - `run_epoch(...)`: one epoch of the schedule (or a slice of one), with its batches and learning rates;
 - entry points: `train` (a whole run), `train_epochs` (epochs [start, stop) of a schedule: spawned
-  children, distillation via `loss_fn`) and `train_part` (a slice of an epoch with the caller's
-  optimiser: federated rounds).
+  children, distillation via `loss_fn`), `train_part` (a slice of an epoch with the caller's
+  optimiser: federated rounds) and `train_steps` (a run of any number of steps, e.g. a quarter-epoch
+  fine-tune, with an optional learning-rate schedule and a callback after every step: SWA, EMA).
 Precision (`config.precision`, "auto" by default) is resolved by `helpers.devices.resolve_precision`.
 """
 
@@ -290,3 +291,63 @@ def train_part(model: nn.Module, data: TensorData, *, config: TrainConfig, seed:
     device = torch.device(device) if device is not None else model_device(model)
     return run_epoch(model, data.to(device), config=config, seed=seed, epoch=epoch, optimizer=optimizer, part=part,
                      device=device, precision=resolve_precision(config.precision, device), scaler=scaler)
+
+
+def train_steps(model: nn.Module, data: TensorData, *, config: TrainConfig, num_steps: int, seed: int = 0,
+                lr_schedule: Callable[[int], float] | None = None, after_step: Callable[[int], None] | None = None,
+                test_data: TensorData | None = None, device: torch.device | str | None = None,
+                progress: bool = True, desc: str = "train") -> History:
+    """Train `model` in place for exactly `num_steps` optimiser steps (fractions of an epoch allowed:
+    fine-tuning for a quarter epoch is `num_steps = epoch_steps(len(data), config) // 4`).
+
+    Batches: the epochs of `seed`'s stream one after another (epoch e is the stream `train` uses for
+    epoch e). lr_schedule: `step -> learning rate`; default the one-cycle schedule of `config`
+    stretched over `num_steps`. after_step: called with the step index after every optimiser step
+    (e.g. to update a `torch.optim.swa_utils.AveragedModel`). One `History` entry per epoch (or
+    partial epoch) of batches; `config.num_epochs` is not used. Starts a fresh optimiser."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    device, precision, data = prepare(model, data, config, device)
+    optimizer = make_optimizer(model, config)
+    scaler = grad_scaler(device, precision)
+    schedule = lr_schedule or (lambda step: lr_at(step, num_steps, config.lr, config.warmup))
+    per_epoch = epoch_steps(len(data), config)
+    history = History(precision=precision, device=str(device))
+    bar = tqdm(total=num_steps, desc=desc, unit="step", disable=not progress, mininterval=0.5, leave=False)
+    done, epoch = 0, 0
+    try:
+        model.train()
+        while done < num_steps:
+            count = min(per_epoch, num_steps - done)
+            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            batches = iterate_batches(data, config.batch_size, shuffle=True, augment_images=config.augment,
+                                      generator=generator, device=device, drop_last=True, stop_batch=count)
+            if after_step is None:
+                stats = run_steps(model, batches, (schedule(done + i) for i in range(count)), optimizer=optimizer,
+                                  loss_fn=cross_entropy_loss(config), device=device, precision=precision,
+                                  scaler=scaler, bar=bar)
+            else:   # one step at a time, so the callback sees every step
+                stats = StepStats()
+                for i, batch in enumerate(batches):
+                    one = run_steps(model, [batch], [schedule(done + i)], optimizer=optimizer,
+                                    loss_fn=cross_entropy_loss(config), device=device, precision=precision,
+                                    scaler=scaler, bar=bar)
+                    t0 = time.perf_counter()
+                    after_step(done + i)
+                    stats = StepStats(stats.loss_sum + one.loss_sum, stats.correct + one.correct,
+                                      stats.seen + one.seen, one.lr,
+                                      stats.seconds + one.seconds + time.perf_counter() - t0)
+                    model.train()
+            done += count
+            epoch += 1
+            postfix = history.record(epoch, stats)
+            if test_data is not None:
+                metrics = evaluate(model, test_data, device=device, precision=precision)
+                model.train()
+                history.test_loss.append(metrics["loss"])
+                history.test_accuracy.append(metrics["accuracy"])
+                postfix["test_acc"] = f"{metrics['accuracy']:.3f}"
+            bar.set_postfix(postfix)
+    finally:
+        bar.close()
+    return history

@@ -19,6 +19,10 @@ cache is empty. So every notebook can run on its own, in any order.
 | `get_distilled_student` | the student distilled from a teacher (`helpers.distillation`)               |
 | `get_fedavg`            | FedAvg of the course CNN over client splits (`helpers.federated`)           |
 | `distillation_study`    | notebook 06's sweep: scratch vs distilled students, temperature chosen on val |
+| `get_averaged_run`      | one run with its endpoint, SWA average and EMA (`helpers.swa`, notebook 08)   |
+| `get_task_models`       | a briefly trained base and its fine-tunes on class-subset tasks (notebook 08) |
+| `get_finetuned`         | any starting weights (or none) trained for a number of epochs, fractions    |
+|                         | allowed (merge then fine-tune, notebook 09)                                 |
 
 Every seed the recipes use is in `SEEDS`, in one place, so no two recipes share a stream by
 accident. Every cache key is a frozen dataclass (`RunConfig`, `DistillRun`, `FedRun`) holding
@@ -46,7 +50,8 @@ from helpers.federated import client_split, fedavg
 from helpers.models import course_cnn, residual_cnn, student_cnn
 from helpers.presets import Preset
 from helpers.repro import seed_everything
-from helpers.training import History, TrainConfig, train_epochs
+from helpers.swa import AveragingConfig, train_with_averages
+from helpers.training import History, TrainConfig, epoch_steps, train_epochs, train_steps
 
 PAIR_KINDS = ("independent", "shared_init", "spawned", "disjoint")
 DISJOINT_ALPHA = 0.5   # Dirichlet concentration of the disjoint pair's split
@@ -66,6 +71,10 @@ SEEDS: Mapping[str, int] = MappingProxyType({
     "residual_a": 11,            # the residual pair of notebook 04 (independent: init and data order)
     "residual_b": 12,
     "fedavg_init": 30,           # the server model's initial weights, every FedAvg setting
+    "swa": 40,                   # SWA/EMA run s: init and data order 40 + s
+    "task_base": 50,             # the task-arithmetic base model
+    "task_finetune": 51,         # task i's fine-tune: data order 51 + i
+    "finetune": 60,              # get_finetuned: data order (and init, from scratch) 60 + seed
     "student": 100,              # student seed s: init and data order 100 + s
     "dirichlet_split": 0,        # the disjoint pair's data split
 })
@@ -98,6 +107,24 @@ ALL = Subset()
 
 
 @dataclass(frozen=True)
+class ClassSubset:
+    """The training images of some classes only (a "task" for task arithmetic, notebook 08)."""
+
+    classes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be a non-empty tuple of distinct labels, got {self.classes}")
+
+    def select(self, train: TensorData) -> TensorData:
+        bad = [c for c in self.classes if not 0 <= c < len(train.classes)]
+        if bad:
+            raise ValueError(f"class {bad[0]} is not a label of this data (0..{len(train.classes) - 1})")
+        keep = torch.isin(train.labels.cpu(), torch.tensor(self.classes))
+        return train.subset(keep.nonzero().flatten())
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that determines one trained model (the checkpoint key)."""
 
@@ -107,7 +134,7 @@ class RunConfig:
     data_seed: int            # seeds the data order and augmentation
     train: TrainConfig
     data: str                 # the data: "<kind>:<training images>:<content fingerprint>" (`data_tag`)
-    subset: Subset = ALL      # which training images
+    subset: Subset | ClassSubset = ALL   # which training images
     start_epoch: int = 0      # >0: continue from `parent` at this epoch of the schedule
     stop_epoch: int = 0       # 0: the end of the schedule
     parent: "RunConfig | None" = None
@@ -284,9 +311,13 @@ def pair_teachers(preset: Preset, data: DataSplits, *, progress: bool = True) ->
 
 def get_distilled_student(preset: Preset, data: DataSplits, *, teacher: str = "ensemble",
                           teacher_module: nn.Module | None = None, objective: str = "kl", temperature: float = 4.0,
-                          soft_weight: float = 0.9, seed: int = 0, progress: bool = True) -> tuple[nn.Module, History]:
+                          soft_weight: float = 0.9, seed: int = 0, arch: str = "student",
+                          progress: bool = True) -> tuple[nn.Module, History]:
     """The student distilled from a teacher, with the same initial weights and data order as
     `get_student(seed=seed)`, so the two differ only in the loss.
+
+    arch: "student" (the small CNN), or "course" to distil into a course-sized model (notebook 09
+        distils the owners' ensemble into one model of the members' size).
 
     teacher: a name for the teacher; without `teacher_module`, one of `pair_teachers` ("member" or
         "ensemble"). teacher_module: any teacher (e.g. a `CachedTeacher`, to share its outputs across
@@ -297,7 +328,12 @@ def get_distilled_student(preset: Preset, data: DataSplits, *, teacher: str = "e
         if teacher not in teachers:
             raise ValueError(f"teacher must be one of {', '.join(teachers)} (or pass teacher_module=); got {teacher!r}")
         teacher_module = teachers[teacher]
-    run = DistillRun(student_config(preset, data, seed), teacher, module_fingerprint(teacher_module), objective,
+    student = student_config(preset, data, seed)
+    if arch == "course":
+        student = replace(student, arch="course", width=preset.width)
+    elif arch != "student":
+        raise ValueError(f"arch must be 'student' or 'course', got {arch!r}")
+    run = DistillRun(student, teacher, module_fingerprint(teacher_module), objective,
                      float(temperature), float(soft_weight))
 
     def build() -> nn.Module:
@@ -310,7 +346,8 @@ def get_distilled_student(preset: Preset, data: DataSplits, *, teacher: str = "e
                        soft_weight=soft_weight, objective=objective, seed=run.student.data_seed, test_data=data.test,
                        progress=progress, desc=f"KD {teacher} {objective} T={temperature:g} s{seed}")
 
-    model, history = train_or_load(f"{preset.name}-kd-{teacher}-{objective}-s{seed}", run, build, fit)
+    prefix = "kd" if arch == "student" else f"kd-{arch}"
+    model, history = train_or_load(f"{preset.name}-{prefix}-{teacher}-{objective}-s{seed}", run, build, fit)
     return model.to(pick_device()).eval(), history
 
 
@@ -439,3 +476,119 @@ def get_fedavg(preset: Preset, data: DataSplits, *, num_clients: int, dirichlet_
                              averages_per_epoch=averages_per_epoch, keep_client_momentum=keep_client_momentum,
                              config=client_train, seed=init.data_seed, test_data=data.test, progress=progress))
     return model.to(pick_device()).eval(), history
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Averaging along a run, fine-tunes (notebooks 08 and 09)
+
+
+@dataclass(frozen=True)
+class AveragedRun:
+    """Everything that determines a run averaged with SWA and EMA (the checkpoint key)."""
+
+    run: RunConfig
+    averaging: AveragingConfig
+
+
+def averaging_config(preset: Preset) -> AveragingConfig:
+    """The course's SWA/EMA settings: SWA over the last quarter of the run at a quarter of the peak lr."""
+    return AveragingConfig(swa_start=0.75, swa_lr=preset.train.lr / 4)
+
+
+def get_averaged_run(preset: Preset, data: DataSplits, *, seed: int = 0,
+                     progress: bool = True) -> tuple[dict[str, nn.Module], History]:
+    """One course-model run with the SWA schedule (`helpers.swa.train_with_averages`), seeds
+    `SEEDS["swa"] + seed`: `{"endpoint", "swa", "ema"}` -> model (three results of one run, equal
+    compute), and the run's History. Cached as one checkpoint holding the three models."""
+    key = AveragedRun(course_config(preset, data, SEEDS["swa"] + seed), averaging_config(preset))
+
+    def build() -> nn.Module:
+        return nn.ModuleDict({name: build_model("course", preset.width, key.run.init_seed)
+                              for name in ("endpoint", "swa", "ema")})
+
+    def fit(container: nn.Module) -> History:
+        models, history = train_with_averages(container["endpoint"], data.train, config=key.run.train,
+                                              averaging=key.averaging, seed=key.run.data_seed, test_data=data.test,
+                                              progress=progress, desc=f"SWA run s{seed}")
+        for name in ("swa", "ema"):
+            container[name].load_state_dict(models[name].state_dict())
+        return history
+
+    container, history = train_or_load(f"{preset.name}-swa-s{seed}", key, build, fit)
+    device = pick_device()
+    return {name: m.to(device).eval() for name, m in container.items()}, history
+
+
+@dataclass(frozen=True)
+class FineTuneRun:
+    """Everything that determines a fine-tune (the checkpoint key)."""
+
+    run: RunConfig                 # architecture, seeds (init: used from scratch only), schedule, data, subset
+    start: str                     # a name for the starting weights, for people
+    start_fingerprint: str         # `module_fingerprint` of the starting weights ("" from scratch)
+    num_steps: int
+
+
+def get_finetuned(preset: Preset, data: DataSplits, *, start: nn.Module | None, start_name: str, epochs: float,
+                  lr: float | None = None, subset: Subset | ClassSubset = ALL, seed: int = 0,
+                  progress: bool = True) -> tuple[nn.Module, History]:
+    """`start` (None: fresh course-model weights) trained on `subset` of `data.train` for `epochs`
+    epochs, fractions allowed (a quarter epoch is a quarter of an epoch's steps), with a one-cycle
+    schedule of peak `lr` (default the preset's) over exactly those steps. Data order (and, from
+    scratch, initial weights) `SEEDS["finetune"] + seed`. Cached under the starting weights'
+    fingerprint, so a different start is never served another's fine-tune."""
+    if epochs <= 0:
+        raise ValueError(f"epochs must be > 0, got {epochs}")
+    run = replace(course_config(preset, data, SEEDS["finetune"] + seed), subset=subset,
+                  train=replace(preset.train, lr=preset.train.lr if lr is None else lr))
+    train_data = subset.select(data.train)
+    steps = max(1, round(epochs * epoch_steps(len(train_data), run.train)))
+    key = FineTuneRun(run, start_name, "" if start is None else module_fingerprint(start), steps)
+
+    def build() -> nn.Module:
+        model = build_model("course", preset.width, run.init_seed)
+        if start is not None:
+            model.load_state_dict(start.state_dict())
+        return model
+
+    def fit(model: nn.Module) -> History:
+        return train_steps(model, train_data, config=run.train, num_steps=steps, seed=run.data_seed,
+                           progress=progress, desc=f"fine-tune {start_name} {epochs:g} ep")
+
+    slug = "".join(ch if ch.isalnum() else "-" for ch in start_name.lower()).strip("-")
+    classes = f"-c{''.join(map(str, subset.classes))}" if isinstance(subset, ClassSubset) else ""
+    model, history = train_or_load(f"{preset.name}-ft-{slug}{classes}-{epochs:g}ep", key, build, fit)
+    return model.to(pick_device()).eval(), history
+
+
+TASKS = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))   # CIFAR-10: airplane..deer, dog..truck
+
+
+@dataclass
+class TaskModels:
+    """A base model and its fine-tunes, one per task (notebook 08's task arithmetic)."""
+
+    tasks: tuple[tuple[int, ...], ...]
+    base: nn.Module
+    finetuned: list[nn.Module]
+    base_history: History
+    histories: list[History]
+
+
+def get_task_models(preset: Preset, data: DataSplits, *, tasks: Sequence[Sequence[int]] = TASKS,
+                    progress: bool = True) -> TaskModels:
+    """A course model trained briefly on all classes (half the preset's epochs, its own one-cycle
+    schedule: the "pre-trained" base), then fine-tuned separately on each task's classes for the
+    preset's epochs at a quarter of its peak learning rate (data order `SEEDS["task_finetune"] + i`)."""
+    base_config = replace(course_config(preset, data, SEEDS["task_base"]),
+                          train=replace(preset.train, num_epochs=max(1, preset.train.num_epochs // 2)))
+    base, base_history = train_run(base_config, data, name=f"{preset.name}-task-base", progress=progress)
+    finetuned, histories = [], []
+    for i, classes in enumerate(tasks):
+        model, history = get_finetuned(preset, data, start=base, start_name="task base", epochs=preset.train.num_epochs,
+                                       lr=preset.train.lr / 4, subset=ClassSubset(tuple(classes)),
+                                       seed=SEEDS["task_finetune"] + i - SEEDS["finetune"], progress=progress)
+        finetuned.append(model)
+        histories.append(history)
+    return TaskModels(tuple(tuple(t) for t in tasks), base, finetuned, base_history, histories)

@@ -28,7 +28,7 @@ def preset():
 def trainings(monkeypatch):
     """Counts the trainings the recipes start (whole runs, distillations, FedAvg runs)."""
     count = {"n": 0}
-    for name in ("train_epochs", "distill", "fedavg"):
+    for name in ("train_epochs", "distill", "fedavg", "train_steps", "train_with_averages"):
         real = getattr(zoo, name)
 
         def counted(*args, _real=real, **kwargs):
@@ -56,6 +56,10 @@ RECIPES = {
                                                                  progress=False)[0],
     "fedavg": lambda p, d: zoo.get_fedavg(p, d, num_clients=2, dirichlet_alpha=0.5, rounds=2,
                                           averages_per_epoch=2, progress=False)[0],
+    "averaged run (SWA)": lambda p, d: zoo.get_averaged_run(p, d, seed=1, progress=False)[0]["swa"],
+    "task models": lambda p, d: zoo.get_task_models(p, d, progress=False).finetuned[1],
+    "fine-tune from scratch": lambda p, d: zoo.get_finetuned(p, d, start=None, start_name="scratch", epochs=0.5,
+                                                              progress=False)[0],
 }
 
 
@@ -168,3 +172,38 @@ def test_a_cache_made_under_one_data_path_is_used_under_another(tmp_path, monkey
         trainings["n"] = 0
         zoo.get_joint(real, data, progress=False)
         assert (trainings["n"] > 0) == expect_training, folder
+
+
+def test_fine_tunes_of_different_starts_never_share_a_cache_entry(preset, smoke_data, trainings):
+    pair = zoo.get_pair("independent", preset, smoke_data, progress=False)
+    trainings["n"] = 0
+    from_a, _ = zoo.get_finetuned(preset, smoke_data, start=pair.model_a, start_name="start", epochs=0.25,
+                                  progress=False)
+    from_b, _ = zoo.get_finetuned(preset, smoke_data, start=pair.model_b, start_name="start", epochs=0.25,
+                                  progress=False)
+    assert trainings["n"] == 2 and not _same_weights(from_a, from_b)
+    longer, history = zoo.get_finetuned(preset, smoke_data, start=pair.model_a, start_name="start", epochs=0.5,
+                                        progress=False)
+    steps = len(smoke_data.train) // preset.train.batch_size
+    assert history.images_seen == round(0.5 * steps) * preset.train.batch_size
+    with pytest.raises(ValueError, match="epochs"):
+        zoo.get_finetuned(preset, smoke_data, start=None, start_name="x", epochs=0, progress=False)
+
+
+def test_task_models_fine_tune_on_their_classes_only(preset, smoke_data):
+    tm = zoo.get_task_models(preset, smoke_data, tasks=((0, 1), (2, 3, 4)), progress=False)
+    assert tm.tasks == ((0, 1), (2, 3, 4)) and len(tm.finetuned) == 2
+    images = [sum(1 for y in smoke_data.train.labels.tolist() if y in t) for t in tm.tasks]
+    for history, n in zip(tm.histories, images):   # each fine-tune sees its task's images only
+        assert 0 < history.images_seen <= preset.train.num_epochs * n
+    assert not _same_weights(tm.base, tm.finetuned[0])
+
+
+def test_class_subset_validation_and_selection(smoke_data):
+    part = zoo.ClassSubset((1, 3)).select(smoke_data.train)
+    assert set(part.labels.tolist()) == {1, 3}
+    assert len(part) == sum(1 for y in smoke_data.train.labels.tolist() if y in (1, 3))
+    with pytest.raises(ValueError, match="distinct"):
+        zoo.ClassSubset((1, 1))
+    with pytest.raises(ValueError, match="class 12"):
+        zoo.ClassSubset((12,)).select(smoke_data.train)
