@@ -24,12 +24,20 @@ COURSE_WIDTHS = (32, 64, 128, 256)
 STUDENT_WIDTHS = (16, 32, 64, 128)
 
 
-def conv_bn(c_in: int, c_out: int, *, pool: bool = False) -> list[nn.Module]:
-    """Conv2d 3x3 (no bias: BatchNorm has one) [-> MaxPool2d 2] -> BatchNorm2d -> GELU."""
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)]
+def conv_bn(c_in: int, c_out: int, *, pool: bool = False, norm: bool = True) -> list[nn.Module]:
+    """Conv2d 3x3 (no bias: BatchNorm has one) [-> MaxPool2d 2] -> BatchNorm2d -> GELU.
+    norm=False: Conv2d 3x3 with a bias, Kaiming-normal weights and zero bias (without BatchNorm the
+    initial scale must keep the signal's variance through depth), no BatchNorm."""
+    conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=not norm)
+    if not norm:
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+    layers: list[nn.Module] = [conv]
     if pool:
         layers.append(nn.MaxPool2d(2))
-    layers += [nn.BatchNorm2d(c_out), nn.GELU()]
+    if norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.GELU())
     return layers
 
 
@@ -37,23 +45,26 @@ class CNN(nn.Sequential):
     """A VGG-style CNN for 32x32 images.
 
     widths: (stem, stage1, stage2, stage3) channels; each stage halves the resolution and has
-    `convs_per_stage` conv blocks. Input (N, 3, 32, 32) -> logits (N, num_classes)."""
+    `convs_per_stage` conv blocks. norm=False: no BatchNorm (convolutions with biases; notebook 04's
+    REPAIR without normalisation). Input (N, 3, 32, 32) -> logits (N, num_classes)."""
 
-    def __init__(self, widths: Sequence[int] = COURSE_WIDTHS, *, convs_per_stage: int = 2, num_classes: int = 10):
+    def __init__(self, widths: Sequence[int] = COURSE_WIDTHS, *, convs_per_stage: int = 2, num_classes: int = 10,
+                 norm: bool = True):
         if len(widths) != 4 or min(widths) < 1:
             raise ValueError(f"widths must be 4 positive channel counts (stem + 3 stages), got {widths}")
         if convs_per_stage < 1:
             raise ValueError(f"convs_per_stage must be >= 1, got {convs_per_stage}")
-        layers = conv_bn(3, widths[0])
+        layers = conv_bn(3, widths[0], norm=norm)
         for c_in, c_out in zip(widths[:-1], widths[1:]):
-            layers += conv_bn(c_in, c_out, pool=True)
+            layers += conv_bn(c_in, c_out, pool=True, norm=norm)
             for _ in range(convs_per_stage - 1):
-                layers += conv_bn(c_out, c_out)
+                layers += conv_bn(c_out, c_out, norm=norm)
         layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes)]
         super().__init__(*layers)
         self.widths = tuple(int(w) for w in widths)
         self.convs_per_stage = convs_per_stage
         self.num_classes = num_classes
+        self.norm = norm
 
 
 class ResidualCNN(nn.Module):
@@ -93,9 +104,10 @@ def _scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
     return tuple(max(1, round(w * width)) for w in widths)
 
 
-def course_cnn(width: float = 1.0, *, num_classes: int = 10) -> CNN:
-    """The course model: two conv blocks per stage, channels `COURSE_WIDTHS` times `width`."""
-    return CNN(_scaled(COURSE_WIDTHS, width), convs_per_stage=2, num_classes=num_classes)
+def course_cnn(width: float = 1.0, *, num_classes: int = 10, norm: bool = True) -> CNN:
+    """The course model: two conv blocks per stage, channels `COURSE_WIDTHS` times `width`
+    (norm=False: the same without BatchNorm)."""
+    return CNN(_scaled(COURSE_WIDTHS, width), convs_per_stage=2, num_classes=num_classes, norm=norm)
 
 
 def student_cnn(width: float = 1.0, *, num_classes: int = 10) -> CNN:

@@ -15,6 +15,7 @@ cache is empty. So every notebook can run on its own, in any order.
 | `get_spawned_children`  | more children of the spawned pair's parent (soups)                          |
 | `get_joint`             | one course model trained on all the training data                           |
 | `get_residual_pair`     | two independent residual CNNs (notebook 04: alignment of residual networks)  |
+| `get_nonorm_pair`       | two independent course CNNs without BatchNorm (notebook 04: REPAIR by folding) |
 | `get_student`           | the small student CNN trained from scratch (notebook 06's baseline)          |
 | `get_distilled_student` | the student distilled from a teacher (`helpers.distillation`)               |
 | `get_fedavg`            | FedAvg of the course CNN over client splits (`helpers.federated`)           |
@@ -70,6 +71,8 @@ SEEDS: Mapping[str, int] = MappingProxyType({
     "joint": 10,
     "residual_a": 11,            # the residual pair of notebook 04 (independent: init and data order)
     "residual_b": 12,
+    "nonorm_a": 13,              # the pair without normalisation of notebook 04 (REPAIR by folding)
+    "nonorm_b": 14,
     "fedavg_init": 30,           # the server model's initial weights, every FedAvg setting
     "swa": 40,                   # SWA/EMA run s: init and data order 40 + s
     "task_base": 50,             # the task-arithmetic base model
@@ -161,7 +164,8 @@ def data_tag(preset: Preset, data: DataSplits) -> str:
 
 def build_model(arch: str, width: float, init_seed: int) -> nn.Module:
     """A freshly initialised model; the same `init_seed` gives the same weights."""
-    builders = {"course": course_cnn, "student": student_cnn, "residual": residual_cnn}
+    builders = {"course": course_cnn, "student": student_cnn, "residual": residual_cnn,
+                "course_nonorm": lambda width: course_cnn(width, norm=False)}
     if arch not in builders:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(builders)}")
     seed_everything(init_seed)
@@ -243,6 +247,20 @@ def get_residual_pair(preset: Preset, data: DataSplits, *, progress: bool = True
     (model_a, history_a), (model_b, history_b) = (
         train_run(c, data, name=f"{preset.name}-residual-{m}", progress=progress) for c, m in zip(configs, "ab"))
     return Pair("independent_residual", model_a, model_b, history_a, history_b, data.train, data.train)
+
+
+NONORM_LR_FACTOR = 0.2   # without BatchNorm the course CNN diverges at the preset's peak lr; a fifth trains
+
+
+def get_nonorm_pair(preset: Preset, data: DataSplits, *, progress: bool = True) -> Pair:
+    """Two independently trained course CNNs without BatchNorm (`course_cnn(norm=False)`, Kaiming
+    init) at the preset's width and schedule, peak lr times `NONORM_LR_FACTOR`: REPAIR's main case,
+    networks whose statistics can only be corrected inside the weights (notebook 04)."""
+    configs = [replace(course_config(preset, data, SEEDS[f"nonorm_{m}"]), arch="course_nonorm",
+                       train=replace(preset.train, lr=preset.train.lr * NONORM_LR_FACTOR)) for m in "ab"]
+    (model_a, history_a), (model_b, history_b) = (
+        train_run(c, data, name=f"{preset.name}-nonorm-{m}", progress=progress) for c, m in zip(configs, "ab"))
+    return Pair("independent_nonorm", model_a, model_b, history_a, history_b, data.train, data.train)
 
 
 def get_spawned_children(preset: Preset, data: DataSplits, num_children: int, *,

@@ -20,7 +20,8 @@ def _vgg():
 
 
 MAKERS = {"mlp": (_mlp, (3, 8, 8)), "vgg": (_vgg, (3, 8, 8)), "course": (lambda: course_cnn(0.25), (3, 32, 32)),
-          "student": (lambda: student_cnn(0.5), (3, 32, 32))}
+          "student": (lambda: student_cnn(0.5), (3, 32, 32)),
+          "course_nonorm": (lambda: course_cnn(0.25, norm=False), (3, 32, 32))}
 
 
 def _model(kind, seed):
@@ -134,6 +135,8 @@ def test_batchnorm_after_flatten_is_refused_by_name():
 
 
 def _no_norm(kind):
+    if kind == "course_nonorm":
+        return course_cnn(0.25, norm=False)
     if kind == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 48), nn.ReLU(), nn.Linear(48, 32), nn.GELU(),
                              nn.Linear(32, 10))
@@ -142,7 +145,7 @@ def _no_norm(kind):
                          nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "vgg"])
+@pytest.mark.parametrize("kind", ["mlp", "vgg", "course_nonorm"])
 def test_repair_without_normalisation_folds_the_statistics_into_the_layers(tiny_data, kind):
     """No BatchNorm: every hidden layer's output channels get the interpolated mean and std (measured on
     the same batches), by rescaling weights and shifting biases — same modules, same keys except a bias
