@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: run test venv benchmark clean
+.PHONY: run test venv benchmark clean site publish
 
 # One stamp per set of extras: `make run` needs the helpers + Jupyter, `make test` adds pytest/nbval.
 $(VENV)/.installed-notebooks: pyproject.toml
@@ -20,6 +20,11 @@ $(VENV)/.installed-dev: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@ $(VENV)/.installed-notebooks
+
+$(VENV)/.installed-site: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[site]"
+	@touch $@
 
 venv: $(VENV)/.installed-dev
 
@@ -40,7 +45,7 @@ run: $(VENV)/.installed-notebooks
 
 # Hermetic: synthetic data, no network, fresh checkpoints; CIFAR10_DIR is ignored here.
 test: $(VENV)/.installed-dev
-	env -u CIFAR10_DIR HELPERS_PRESET=smoke HELPERS_DOWNLOAD=0 $(PY) -m pytest tests -q
+	env -u CIFAR10_DIR HELPERS_PRESET=smoke HELPERS_DOWNLOAD=0 $(PY) -m pytest tests -q -m "not site"
 	rm -rf build/smoke-checkpoints results/smoke
 	env -u CIFAR10_DIR HELPERS_PRESET=smoke HELPERS_DOWNLOAD=0 HELPERS_CHECKPOINT_DIR=build/smoke-checkpoints \
 	  $(PY) -m pytest --nbval-lax -q $(NOTEBOOKS)
@@ -48,6 +53,17 @@ test: $(VENV)/.installed-dev
 	  test -f results/smoke/$$stem.json || missing="$$missing $$stem"; done; \
 	  if [ -n "$$missing" ]; then echo "notebooks that wrote no results/smoke/*.json:$$missing"; exit 1; fi; \
 	  echo "every notebook wrote its results file (smoke)"
+
+# After `make run`: copy the executed notebooks to docs/executed/<preset>/ (cleaned, checked, committed).
+publish: $(VENV)/.installed-notebooks
+	@preset=$$($(PY) -c "from helpers.presets import get_preset; print(get_preset().name)"); \
+	$(PY) -m helpers.publish executed $$preset
+
+# The static course in build/site/, from the committed executed notebooks (nothing is re-executed).
+site: $(VENV)/.installed-site
+	$(PY) -m helpers.publish site-src
+	$(VENV)/bin/mkdocs build --quiet
+	@echo "site in build/site/ (open build/site/index.html); browser test: .venv/bin/python -m pytest -m site tests/test_site.py"
 
 benchmark: $(VENV)/.installed-notebooks
 	$(PY) benchmarks/train_speed.py

@@ -1,0 +1,68 @@
+"""Publishing executed notebooks: progress noise reduced to final lines, errors and stale runs refused."""
+
+import json
+
+import pytest
+
+from helpers.publish import PublishError, clean_notebook, provenance_commit, publish_executed
+
+
+def _widget_state(model="box"):
+    return {"application/vnd.jupyter.widget-state+json": {"state": {
+        model: {"state": {"children": ["IPY_MODEL_left", "IPY_MODEL_bar", "IPY_MODEL_right"]}},
+        "left": {"state": {"value": "train: 100%"}},
+        "bar": {"state": {"value": 234, "max": 234}},
+        "right": {"state": {"value": " 234/234 [00:15&lt;00:00, epoch=3, test_acc=0.550]"}},
+    }}}
+
+
+def _nb(outputs, *, executed=True, commit="abc123"):
+    env = {"output_type": "stream", "name": "stdout", "text": f"torch        2.x\ngit_commit   {commit}\n"}
+    return {"cells": [
+        {"cell_type": "markdown", "source": ["# title"], "metadata": {}},
+        {"cell_type": "code", "source": ["print_environment()"], "metadata": {}, "execution_count": 1, "outputs": [env]},
+        {"cell_type": "code", "source": ["train()"], "metadata": {}, "execution_count": 2 if executed else None,
+         "outputs": outputs},
+    ], "metadata": {"widgets": _widget_state()}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_progress_widgets_and_redraws_become_their_final_line():
+    widget = {"output_type": "display_data", "metadata": {},
+              "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "box"}, "text/plain": "train:   0%"}}
+    redraw = {"output_type": "stream", "name": "stderr", "text": "decode:  10%\rdecode:  50%\rdecode: 100%\n"}
+    nb = clean_notebook(_nb([widget, redraw]))
+    outputs = nb["cells"][2]["outputs"]
+    assert len(outputs) == 1 and outputs[0]["output_type"] == "stream"     # consecutive lines merged
+    lines = outputs[0]["text"].splitlines()
+    assert lines[0].startswith("train: 100%|██████████|") and "test_acc=0.550" in lines[0] and "&lt;" not in lines[0]
+    assert lines[1] == "decode: 100%"
+    assert "widgets" not in nb["metadata"]
+
+
+def test_errors_and_unexecuted_cells_are_refused_by_cell():
+    error = {"output_type": "error", "ename": "ValueError", "evalue": "bad", "traceback": []}
+    with pytest.raises(PublishError, match="02_x.ipynb: code cell 2 raised ValueError: bad"):
+        clean_notebook(_nb([error]), "02_x.ipynb")
+    with pytest.raises(PublishError, match="code cell 2 has not been executed"):
+        clean_notebook(_nb([], executed=False))
+
+
+def test_publishing_needs_every_notebook_from_one_clean_commit(tmp_path, monkeypatch):
+    root = tmp_path / "project"
+    (root / "notebooks").mkdir(parents=True)
+    build = root / "build" / "workshop"
+    build.mkdir(parents=True)
+    for name in ("01_a.ipynb", "02_b.ipynb"):
+        (root / "notebooks" / name).write_text("{}")
+    monkeypatch.setattr("helpers.publish.project_root", lambda: root)
+    (build / "01_a.ipynb").write_text(json.dumps(_nb([])))
+    with pytest.raises(PublishError, match="02_b.ipynb"):
+        publish_executed("workshop")                                       # one missing
+    (build / "02_b.ipynb").write_text(json.dumps(_nb([], commit="def456+dirty")))
+    with pytest.raises(PublishError, match="one clean commit"):
+        publish_executed("workshop")
+    assert not (root / "docs").exists()                                    # nothing written on refusal
+    (build / "02_b.ipynb").write_text(json.dumps(_nb([])))
+    written = publish_executed("workshop")
+    assert [p.name for p in written] == ["01_a.ipynb", "02_b.ipynb"]
+    assert provenance_commit(json.loads(written[0].read_text())) == "abc123"
