@@ -119,7 +119,8 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     fusion = R["09_model_fusion"]
 
     def row(method, accuracy, *, std=0.0, n=1, reference="better member (independent)", own=None, nll=None,
-            ece=None, inference=1.0, ms=None, extra_training=0.0, needs=""):
+            ece=None, inference=1.0, ms=None, extra_training=0.0, needs="", mean=None):
+        accuracy = accuracy if mean is None else mean   # the mean over pairs replaces the one pair's number
         own = better if own is None else own
         return {"method": method, "accuracy": accuracy, "accuracy_std": std, "n_runs": n, "delta": accuracy - better,
                 "reference": reference, "delta_own": accuracy - own, "nll": nll, "ece": ece, "inference_x": inference,
@@ -127,6 +128,16 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
 
     def metrics(m):
         return {"nll": m["nll"], "ece": m["ece"]}
+
+    many = ens.get("independent_pairs")   # every pair of N independent models (notebook 05), where measured
+
+    def over_pairs(method):
+        """The row as mean ± std over the pairs of independent models, against each pair's better member."""
+        if not many:
+            return {}
+        (m, sd), (better_mean, _) = many["mean_std"][method], many["mean_std"]["better member"]
+        return {"mean": m, "std": sd, "n": len(many["runs"][method]), "reference": "each pair's better member",
+                "own": better_mean}
 
     ts_ens = ens["temperature_scaling"]["ensemble of 2"]   # one temperature fitted on data.val (notebook 05)
     better_metrics = ind["member_a"] if ind["member_a"]["accuracy"] == better else ind["member_b"]
@@ -145,15 +156,16 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
         row("single model (better member)", better, **metrics(better_metrics), ms=ens["cost"]["single_ms_per_batch"],
             needs="—"),
         row("weight average, naive (independent pair)", avg["independent"]["midpoint_naive"],
-            needs="same architecture"),
+            needs="same architecture", **over_pairs("weight average, naive")),
         row("weight average + BN reset (spawned pair)", avg["spawned"]["midpoint_recalibrated"],
             reference="better spawned child", own=spawned_better,
             needs="same architecture, shared parent, training images for BN"),
         row("weight average, aligned + REPAIR (independent)", align["aligned + REPAIR"]["midpoint_accuracy"],
             extra_training=align["weight_matching_seconds"] / member_seconds,
-            needs="same architecture, training images for BN"),
+            needs="same architecture, training images for BN", **over_pairs("weight average, aligned + REPAIR")),
         row("ensemble, mean of probabilities (independent)", ind["mean_probs"]["accuracy"],
-            **metrics(ind["mean_probs"]), inference=2.0, ms=ensemble_ms, needs="nothing (any architectures)"),
+            **metrics(ind["mean_probs"]), inference=2.0, ms=ensemble_ms, needs="nothing (any architectures)",
+            **over_pairs("ensemble, mean of probabilities")),
         row("ensemble + temperature scaling (independent)", ts_ens["after"]["accuracy"], **metrics(ts_ens["after"]),
             inference=2.0, ms=ensemble_ms, needs="validation images"),
         row("ensemble, validation-weighted (disjoint pair)", ens["weighted"]["disjoint"]["accuracy"],

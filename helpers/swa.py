@@ -2,8 +2,8 @@
 average (EMA) of the weights, with `torch.optim.swa_utils` (notebook 08).
 
 SWA (Izmailov et al., 2018): train as usual for the first `swa_start` of the steps, then anneal the
-learning rate to a constant `swa_lr` (`SWALR`) and average the weights every `swa_every` steps
-(`AveragedModel`); the average's BatchNorm statistics are recomputed at the end (`update_bn`),
+learning rate to a constant `swa_lr` (`SWALR`) and average the weights `averages_per_epoch` times per
+epoch, and at the last step (`AveragedModel`); the average's BatchNorm statistics are recomputed at the end (`update_bn`),
 because averaged weights do not match any iterate's statistics. EMA: every step,
 `ema = decay * ema + (1 - decay) * weights` (`get_ema_multi_avg_fn`), BatchNorm buffers included.
 

@@ -14,6 +14,7 @@ cache is empty. So every notebook can run on its own, in any order.
 |   `disjoint`            |   training data: each sees one label-skewed half (Dirichlet split)          |
 | `get_spawned_children`  | more children of the spawned pair's parent (soups)                          |
 | `get_joint`             | one course model trained on all the training data                           |
+| `get_independent_models`| N independent course models (the independent pair first): pairs with spread |
 | `get_residual_pair`     | two independent residual CNNs (notebook 04: alignment of residual networks)  |
 | `get_nonorm_pair`       | two independent course CNNs without BatchNorm (notebook 04: REPAIR by folding) |
 | `get_student`           | the small student CNN trained from scratch (notebook 06's baseline)          |
@@ -69,6 +70,7 @@ SEEDS: Mapping[str, int] = MappingProxyType({
     "spawned_children": 6,       # first child's data order (then 7, 8, ...)
     "disjoint": 8,               # member i: init and data order 8 + i
     "joint": 10,
+    "independent_extra": 20,     # independent model i >= 2 of get_independent_models: 20 + i
     "residual_a": 11,            # the residual pair of notebook 04 (independent: init and data order)
     "residual_b": 12,
     "nonorm_a": 13,              # the pair without normalisation of notebook 04 (REPAIR by folding)
@@ -276,6 +278,19 @@ def get_spawned_children(preset: Preset, data: DataSplits, num_children: int, *,
 def get_joint(preset: Preset, data: DataSplits, *, progress: bool = True) -> tuple[nn.Module, History]:
     """One course model trained on all the training data (its own seeds, `SEEDS["joint"]`)."""
     return train_run(course_config(preset, data, SEEDS["joint"]), data, name=f"{preset.name}-joint", progress=progress)
+
+
+def get_independent_models(preset: Preset, data: DataSplits, num_models: int, *,
+                           progress: bool = True) -> list[nn.Module]:
+    """`num_models` independently trained course models: the independent pair's two members first
+    (same cache files), then seeds `SEEDS["independent_extra"] + i`. N models give N(N-1)/2 pairs, so
+    pairwise methods (averaging, alignment, ensembling) get a spread over pairs for the price of N runs."""
+    if num_models < 2:
+        raise ValueError(f"num_models must be >= 2, got {num_models}")
+    pair = get_pair("independent", preset, data, progress=progress)
+    extra = [train_run(course_config(preset, data, SEEDS["independent_extra"] + i), data,
+                       name=f"{preset.name}-independent-{i}", progress=progress)[0] for i in range(2, num_models)]
+    return [pair.model_a, pair.model_b, *extra]
 
 
 def student_config(preset: Preset, data: DataSplits, seed: int) -> RunConfig:
