@@ -50,6 +50,7 @@ RECIPES = {
     "pair disjoint": lambda p, d: zoo.get_pair("disjoint", p, d, progress=False).model_b,
     "spawned children": lambda p, d: zoo.get_spawned_children(p, d, 3, progress=False)[2][0],
     "joint": lambda p, d: zoo.get_joint(p, d, progress=False)[0],
+    "independent models": lambda p, d: zoo.get_independent_models(p, d, 3, progress=False)[2],
     "residual pair": lambda p, d: zoo.get_residual_pair(p, d, progress=False).model_b,
     "student": lambda p, d: zoo.get_student(p, d, seed=1, progress=False)[0],
     "distilled student": lambda p, d: zoo.get_distilled_student(p, d, teacher="member", temperature=2.0,
@@ -207,3 +208,12 @@ def test_class_subset_validation_and_selection(smoke_data):
         zoo.ClassSubset((1, 1))
     with pytest.raises(ValueError, match="class 12"):
         zoo.ClassSubset((12,)).select(smoke_data.train)
+
+
+def test_independent_models_start_with_the_independent_pair(preset, smoke_data):
+    pair = zoo.get_pair("independent", preset, smoke_data, progress=False)
+    models = zoo.get_independent_models(preset, smoke_data, 3, progress=False)
+    assert _same_weights(models[0], pair.model_a) and _same_weights(models[1], pair.model_b)
+    assert not _same_weights(models[2], pair.model_a)
+    with pytest.raises(ValueError, match="num_models"):
+        zoo.get_independent_models(preset, smoke_data, 1, progress=False)
