@@ -236,6 +236,19 @@ def prepare(model: nn.Module, data: TensorData, config: TrainConfig,
 # Entry points
 
 
+def _end_epoch(history: History, epoch: int, stats: StepStats, model: nn.Module, test_data: TensorData | None, *,
+               device: torch.device, precision: str, bar: tqdm) -> None:
+    """Record an epoch's numbers, evaluate on `test_data` if given (the model's mode is restored), and
+    show them on the progress bar."""
+    postfix = history.record(epoch, stats)
+    if test_data is not None:
+        metrics = evaluate(model, test_data, device=device, precision=precision)
+        history.test_loss.append(metrics["loss"])
+        history.test_accuracy.append(metrics["accuracy"])
+        postfix["test_acc"] = f"{metrics['accuracy']:.3f}"
+    bar.set_postfix(postfix)
+
+
 def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int = 0,
           test_data: TensorData | None = None, device: torch.device | str | None = None,
           progress: bool = True, desc: str = "train") -> History:
@@ -268,13 +281,7 @@ def train_epochs(model: nn.Module, data: TensorData, *, config: TrainConfig, see
         for epoch in range(start_epoch, stop_epoch):
             stats = run_epoch(model, data, config=config, seed=seed, epoch=epoch, optimizer=optimizer,
                               loss_fn=loss_fn, device=device, precision=precision, scaler=scaler, bar=bar)
-            postfix = history.record(epoch + 1, stats)
-            if test_data is not None:
-                metrics = evaluate(model, test_data, device=device, precision=precision)
-                history.test_loss.append(metrics["loss"])
-                history.test_accuracy.append(metrics["accuracy"])
-                postfix["test_acc"] = f"{metrics['accuracy']:.3f}"
-            bar.set_postfix(postfix)
+            _end_epoch(history, epoch + 1, stats, model, test_data, device=device, precision=precision, bar=bar)
     finally:
         bar.close()
     return history
@@ -340,14 +347,7 @@ def train_steps(model: nn.Module, data: TensorData, *, config: TrainConfig, num_
                     model.train()
             done += count
             epoch += 1
-            postfix = history.record(epoch, stats)
-            if test_data is not None:
-                metrics = evaluate(model, test_data, device=device, precision=precision)
-                model.train()
-                history.test_loss.append(metrics["loss"])
-                history.test_accuracy.append(metrics["accuracy"])
-                postfix["test_acc"] = f"{metrics['accuracy']:.3f}"
-            bar.set_postfix(postfix)
+            _end_epoch(history, epoch, stats, model, test_data, device=device, precision=precision, bar=bar)
     finally:
         bar.close()
     return history
