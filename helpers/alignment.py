@@ -28,6 +28,7 @@ scale and shift into each hidden Linear / Conv layer's weights and bias.
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -392,21 +393,18 @@ def hidden_layers(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def _repair_by_folding(merged: nn.Module, model_a: nn.Module, model_b: nn.Module, batches: list, alpha: float,
+def _repair_by_folding(merged: nn.Module, models: list[nn.Module], weights: list[float], batches: list,
                        device: torch.device, precision: str) -> nn.Module:
-    """REPAIR for networks without normalisation: each hidden layer's output channels get the mean and
-    std interpolated between the endpoints', by rescaling that layer's weights and shifting its bias
+    """REPAIR for networks without normalisation: each hidden layer's output channels get the weighted
+    mean of the endpoints' mean and std, by rescaling that layer's weights and shifting its bias
     (no new layers). Layers are corrected in order, each measured after the ones before it."""
     layers = hidden_layers(merged)
-    stats_a = _output_stats(model_a, batches, device, precision, names=set(layers))
-    stats_b = _output_stats(model_b, batches, device, precision, names=set(layers))
+    stats = [_output_stats(m, batches, device, precision, names=set(layers)) for m in models]
     modules = dict(merged.named_modules())
     for name in layers:
         layer = modules[name]
         mean_m, std_m = _output_stats(merged, batches, device, precision, names={name})[name]
-        (mean_a, std_a), (mean_b, std_b) = stats_a[name], stats_b[name]
-        target_mean = (1 - alpha) * mean_a + alpha * mean_b
-        target_std = (1 - alpha) * std_a + alpha * std_b
+        target_mean, target_std = _target_stats(stats, weights, name)
         scale = target_std / std_m.clamp_min(1e-8)                   # (C,): dead channels stay as they are
         scale = torch.where(std_m > 1e-8, scale, torch.ones_like(scale))
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
@@ -418,6 +416,13 @@ def _repair_by_folding(merged: nn.Module, model_a: nn.Module, model_b: nn.Module
         else:
             layer.bias.copy_(new_bias.to(layer.bias))
     return merged
+
+
+def _target_stats(stats: list[dict], weights: list[float], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted mean over endpoints of one layer's per-channel (mean, std)."""
+    mean = sum(w * s[name][0] for w, s in zip(weights, stats))
+    std = sum(w * s[name][1] for w, s in zip(weights, stats))
+    return mean, std
 
 
 @torch.no_grad()
@@ -438,22 +443,53 @@ def repair(merged: nn.Module, model_a: nn.Module, model_b: nn.Module, batches: I
     Networks without normalisation (MLPs, VGG-style CNNs): every hidden Linear / Conv layer's output
     channels are given the interpolated mean and std directly, by folding a per-channel scale into the
     layer's weights and a shift into its bias (a bias is added where the layer had none; no new layers),
-    layer by layer from the input. `model_a` and `model_b` are not changed (copied if on another device)."""
+    layer by layer from the input. `model_a` and `model_b` are not changed (copied if on another device).
+
+    More than two endpoints (a merge of several aligned models): `repair_many`."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return repair_many(merged, [model_a, model_b], batches, weights=[1 - alpha, alpha], device=device,
+                       precision=precision)
+
+
+@torch.no_grad()
+def repair_many(merged: nn.Module, models: Sequence[nn.Module], batches: Iterable, *,
+                weights: Sequence[float] | None = None, device: torch.device | str | None = None,
+                precision: str = "auto") -> nn.Module:
+    """REPAIR for a merge of several models (e.g. every owner aligned to the first, then averaged with
+    `helpers.averaging.average_state_dicts`), in place on `merged`; returns it. Each channel's target
+    mean and std is the `weights`-weighted mean (default: uniform) of the endpoints' — the same weights
+    the merge used. Otherwise exactly `repair` (which is this with two endpoints and weights 1 - alpha,
+    alpha): BatchNorm networks get new affine parameters and fresh statistics, networks without
+    normalisation get the correction folded into their Linear / Conv layers. Every model in `models`
+    must already be aligned to the same reference, so channel i is the same unit in all of them."""
+    models = list(models)
+    if not models:
+        raise ValueError("repair_many needs at least one endpoint model")
+    if weights is None:
+        weights = [1.0 / len(models)] * len(models)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(models):
+        raise ValueError(f"got {len(weights)} weights for {len(models)} models")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all zero, got {weights}")
+    weights = [w / sum(weights) for w in weights]
     batches = list(batches)
     device = torch.device(device) if device is not None else next(merged.parameters()).device
     precision = resolve_precision(precision, device)
     on_device = lambda m: m if next(m.parameters()).device == device else copy.deepcopy(m).to(device)
+    models = [on_device(m) for m in models]
     if not has_batchnorm(merged):
-        return _repair_by_folding(merged.to(device), on_device(model_a), on_device(model_b), batches, alpha,
-                                  device, precision)
-    stats_a = _output_stats(on_device(model_a), batches, device, precision)
-    stats_b = _output_stats(on_device(model_b), batches, device, precision)
+        return _repair_by_folding(merged.to(device), models, weights, batches, device, precision)
+    stats = [_output_stats(m, batches, device, precision) for m in models]
     merged.to(device)
     for name, module in merged.named_modules():
         if isinstance(module, NORMS) and module.affine:
-            (mean_a, std_a), (mean_b, std_b) = stats_a[name], stats_b[name]
-            target_mean = (1 - alpha) * mean_a + alpha * mean_b
-            target_std = (1 - alpha) * std_a + alpha * std_b
+            missing = [i for i, s in enumerate(stats) if name not in s]
+            if missing:
+                raise ValueError(f"normalisation layer {name!r} of the merged model is not in endpoint model "
+                                 f"{missing[0]}: the models must share one architecture")
+            target_mean, target_std = _target_stats(stats, weights, name)
             # With fresh statistics a BatchNorm output channel has mean = bias and std = |weight|.
             sign = torch.where(module.weight >= 0, 1.0, -1.0)
             module.weight.copy_(sign * target_std.to(module.weight))

@@ -23,7 +23,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import CIFAR10
 from tqdm.auto import tqdm
 
 from helpers._paths import atomic_write, project_root, resolve_user_path
@@ -162,9 +161,11 @@ def _scan_image_folder(root: Path) -> dict[str, list[tuple[Path, int]]]:
             )
         files = []
         for label, name in enumerate(CLASSES):  # torchvision's class order, not alphabetical
-            for f in sorted((folder / name).iterdir()):
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
-                    files.append((f, label))
+            # os.scandir and plain strings: listing 60,000 files this way takes a fraction of the time
+            # pathlib objects need (sorted by name, as before).
+            with os.scandir(folder / name) as entries:
+                names = sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+            files.extend((folder / name / n, label) for n in names)
         if not files:
             raise ValueError(f"{folder} has the class folders but no image files ({', '.join(IMAGE_EXTENSIONS)})")
         splits[split] = files
@@ -248,8 +249,8 @@ def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: boo
         listing = hashlib.sha256()
         for split in ("train", "test"):
             for path, label in splits[split]:
-                st = path.stat()
-                listing.update(f"{path.relative_to(root)}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                st = os.stat(path)
+                listing.update(f"{split}/{path.parent.name}/{path.name}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         ident = f"{root}:{listing.hexdigest()}"
         source = f"ImageFolder {root.name}"  # the folder's name only: results and cache keys carry no local path
         path = cache_dir / f"cifar10-folder-{_cache_key('folder', ident)}.pt"
@@ -271,6 +272,8 @@ def load_cifar10(image_folder: str | os.PathLike | None = None, *, download: boo
     if download is None:
         download = os.environ.get("HELPERS_DOWNLOAD", "1") != "0"
     root = data_dir()
+    from torchvision.datasets import CIFAR10  # imported here: torchvision takes seconds to import
+
     try:
         sets = [CIFAR10(str(root), train=t, download=download) for t in (True, False)]
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 
 import numpy as np
 import torch
-import torchvision
 
 from helpers._paths import project_root
 from helpers.devices import pick_device
@@ -65,13 +64,23 @@ def git_commit() -> str | None:
         return None
 
 
+def _version(package: str) -> str | None:
+    """An installed package's version, read from its metadata (importing torchvision takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def environment(device: torch.device | str | None = None) -> dict:
     """Versions, device and commit as plain values (stored with every results file)."""
     device = torch.device(device) if device is not None else pick_device()
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _version("torchvision"),
         "numpy": np.__version__,
         "device": str(device),
         "device_name": device_name(device),

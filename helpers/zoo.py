@@ -67,7 +67,10 @@ SEEDS: Mapping[str, int] = MappingProxyType({
     "shared_init": 3,            # init and model_a's data order
     "shared_init_b_data": 4,     # model_b's data order
     "spawned_parent": 5,         # the parent's init and data order
-    "spawned_children": 6,       # first child's data order (then 7, 8, ...)
+    "spawned_children": 6,       # the spawned pair's data orders: child 0 = 6, child 1 = 7
+    "spawned_extra": 90,         # child i >= 2 of the spawned parent: data order 90 + i (6 + i would reuse the
+                                 # disjoint members' and the joint model's seeds: child 4 and the joint model
+                                 # would see the same batches)
     "disjoint": 8,               # member i: init and data order 8 + i
     "joint": 10,
     "independent_extra": 20,     # independent model i >= 2 of get_independent_models: 20 + i
@@ -75,6 +78,7 @@ SEEDS: Mapping[str, int] = MappingProxyType({
     "residual_b": 12,
     "nonorm_a": 13,              # the pair without normalisation of notebook 04 (REPAIR by folding)
     "nonorm_b": 14,
+    "owners": 70,                # owner i of get_owners (Dirichlet parts of the training set): 70 + i
     "fedavg_init": 30,           # the server model's initial weights, every FedAvg setting
     "swa": 40,                   # SWA/EMA run s: init and data order 40 + s
     "task_base": 50,             # the task-arithmetic base model
@@ -228,8 +232,10 @@ def pair_configs(kind: str, preset: Preset, data: DataSplits) -> tuple[RunConfig
 def spawned_child_config(preset: Preset, data: DataSplits, index: int) -> RunConfig:
     """Child `index` of the spawned parent (which trains the first `preset.spawn_epoch` epochs)."""
     parent = replace(course_config(preset, data, SEEDS["spawned_parent"]), stop_epoch=preset.spawn_epoch)
-    return replace(parent, stop_epoch=0, start_epoch=preset.spawn_epoch, parent=parent,
-                   data_seed=SEEDS["spawned_children"] + index)
+    if index < 0:
+        raise ValueError(f"child index must be >= 0, got {index}")
+    seed = SEEDS["spawned_children"] + index if index < 2 else SEEDS["spawned_extra"] + index
+    return replace(parent, stop_epoch=0, start_epoch=preset.spawn_epoch, parent=parent, data_seed=seed)
 
 
 def get_pair(kind: str, preset: Preset, data: DataSplits, *, progress: bool = True) -> Pair:
@@ -273,6 +279,30 @@ def get_spawned_children(preset: Preset, data: DataSplits, num_children: int, *,
                       name=f"{preset.name}-spawned-{'ab'[i] if i < 2 else f'c{i}'}",
                       parent_name=f"{preset.name}-spawned-parent", progress=progress)
             for i in range(num_children)]
+
+
+def get_owners(preset: Preset, data: DataSplits, num_owners: int, *, dirichlet_alpha: float = DISJOINT_ALPHA,
+               progress: bool = True) -> list[tuple[nn.Module, History, TensorData]]:
+    """`num_owners` data owners (notebook 09): the training set split into `num_owners` label-skewed
+    parts (`helpers.data.dirichlet_split`, concentration `dirichlet_alpha`, split seed
+    `SEEDS["dirichlet_split"]` — the same parts `get_fedavg` gives its clients), and a course model
+    trained on each part alone with the preset's schedule (owner i: init and data order
+    `SEEDS["owners"] + i`). Returns (model, History, the owner's training images) per owner."""
+    if num_owners < 2:
+        raise ValueError(f"num_owners must be >= 2, got {num_owners}")
+    owners = []
+    for i in range(num_owners):
+        config = replace(course_config(preset, data, SEEDS["owners"] + i),
+                         subset=Subset(dirichlet_alpha, i, num_owners, SEEDS["dirichlet_split"]))
+        train = config.subset.select(data.train)
+        if len(train) < preset.train.batch_size:
+            raise ValueError(f"owner {i} of {num_owners} (Dirichlet {dirichlet_alpha:g}) has {len(train)} training "
+                             f"images, fewer than one batch ({preset.train.batch_size}): use fewer owners or a larger "
+                             "dirichlet_alpha")
+        model, history = train_run(config, data, name=f"{preset.name}-owner{i}of{num_owners}-dir{dirichlet_alpha:g}",
+                                   progress=progress)
+        owners.append((model, history, train))
+    return owners
 
 
 def get_joint(preset: Preset, data: DataSplits, *, progress: bool = True) -> tuple[nn.Module, History]:

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -115,6 +117,57 @@ def test_repair_sets_interpolated_channel_statistics(tiny_data):
     for name in sm:
         assert torch.allclose(sm[name][1], (sa[name][1] + sb[name][1]) / 2, rtol=0.05, atol=1e-3), name
         assert torch.allclose(sm[name][0], (sa[name][0] + sb[name][0]) / 2, atol=0.05), name
+
+
+@pytest.mark.parametrize("kind", ["course", "mlp"])
+def test_repair_many_gives_the_weighted_mean_of_several_endpoints_statistics(tiny_data, kind):
+    """Three endpoints aligned to the first and averaged with weights: each channel ends with the same
+    weighted mean of the endpoints' mean and std — through BatchNorm (course CNN) and folded into the
+    layers (an MLP without normalisation) — and two endpoints equal `repair`."""
+    from helpers.alignment import _output_stats, hidden_layers, repair_many
+    from helpers.averaging import average_state_dicts
+    from helpers.training import TrainConfig, train
+    models = []
+    for seed in (0, 1, 2):
+        seed_everything(seed)
+        m = _model("course", seed)[0] if kind == "course" else _no_norm("mlp")
+        # (course: lr as in the two-endpoint test; in untrained deep layers the variances are below BatchNorm's eps)
+        train(m, tiny_data.train, config=TrainConfig(num_epochs=1, batch_size=64, lr=0.05 if kind == "course" else 0.02),
+              seed=seed,
+              progress=False, device="cpu")
+        models.append(m.eval())
+    aligned = [models[0]] + [weight_matching(models[0], m) for m in models[1:]]
+    weights = [0.5, 0.3, 0.2]
+    merged = copy.deepcopy(models[0])
+    merged.load_state_dict(average_state_dicts([m.state_dict() for m in aligned], weights))
+    batches = recalibration_batches(tiny_data.train, num_images=256, batch_size=64)
+    repair_many(merged, aligned, batches, weights=weights, device="cpu", precision="fp32")
+    cpu = torch.device("cpu")
+    names = None if kind == "course" else set(hidden_layers(merged))
+    stats = [_output_stats(m, batches, cpu, "fp32", names=names) for m in (*aligned, merged)]
+    for name in stats[-1]:
+        target_std = sum(w * s[name][1] for w, s in zip(weights, stats))
+        target_mean = sum(w * s[name][0] for w, s in zip(weights, stats))
+        assert torch.allclose(stats[-1][name][1], target_std, rtol=0.05, atol=1e-3), name
+        assert torch.allclose(stats[-1][name][0], target_mean, atol=0.05), name
+    two = [copy.deepcopy(interpolate(aligned[0], aligned[1], 0.3)) for _ in range(2)]
+    repair(two[0], aligned[0], aligned[1], batches, alpha=0.3, device="cpu", precision="fp32")
+    repair_many(two[1], aligned[:2], batches, weights=[0.7, 0.3], device="cpu", precision="fp32")
+    assert all(torch.allclose(x, y) for x, y in zip(two[0].state_dict().values(), two[1].state_dict().values()))
+
+
+def test_repair_many_refuses_bad_weights(tiny_data):
+    from helpers.alignment import repair_many
+    a, _ = _model("course", 0)
+    batches = recalibration_batches(tiny_data.train, num_images=64, batch_size=64)
+    for weights, match in (([1.0], "1 weights for 2 models"), ([1.0, -0.5], "finite, >= 0"),
+                           ([0.0, 0.0], "not all zero")):
+        with pytest.raises(ValueError, match=match):
+            repair_many(copy.deepcopy(a), [a, a], batches, weights=weights, device="cpu")
+    with pytest.raises(ValueError, match="at least one"):
+        repair_many(copy.deepcopy(a), [], batches, device="cpu")
+    with pytest.raises(ValueError, match="alpha"):
+        repair(copy.deepcopy(a), a, a, batches, alpha=1.5, device="cpu")
 
 
 def test_repair_leaves_the_endpoints_unchanged(tiny_data):

@@ -59,6 +59,7 @@ RECIPES = {
                                           averages_per_epoch=2, progress=False)[0],
     "averaged run (SWA)": lambda p, d: zoo.get_averaged_run(p, d, seed=1, progress=False)[0]["swa"],
     "task models": lambda p, d: zoo.get_task_models(p, d, progress=False).finetuned[1],
+    "owners": lambda p, d: zoo.get_owners(p, d, 3, dirichlet_alpha=1.0, progress=False)[2][0],
     "fine-tune from scratch": lambda p, d: zoo.get_finetuned(p, d, start=None, start_name="scratch", epochs=0.5,
                                                               progress=False)[0],
 }
@@ -217,3 +218,36 @@ def test_independent_models_start_with_the_independent_pair(preset, smoke_data):
     assert not _same_weights(models[2], pair.model_a)
     with pytest.raises(ValueError, match="num_models"):
         zoo.get_independent_models(preset, smoke_data, 1, progress=False)
+
+
+def test_full_data_runs_never_share_a_data_order(preset, smoke_data):
+    """Runs on the same training images with the same data seed see the same batches: every course
+    model trained on all of data.train (pairs, spawned children, joint, extra independent models,
+    residual / no-norm pairs, SWA runs) has its own data seed for the epochs it trains."""
+    runs = {f"{kind}_{m}": c for kind in ("independent", "shared_init")
+            for m, c in zip("ab", zoo.pair_configs(kind, preset, smoke_data))}
+    runs.update({f"spawned child {i}": zoo.spawned_child_config(preset, smoke_data, i) for i in range(8)})
+    runs["spawned parent"] = zoo.spawned_child_config(preset, smoke_data, 0).parent
+    runs["joint"] = zoo.course_config(preset, smoke_data, SEEDS["joint"])
+    seeds = {name: c.data_seed for name, c in runs.items()}
+    seeds.update({f"independent {i}": SEEDS["independent_extra"] + i for i in range(2, 8)})
+    seeds.update({f"{kind} {m}": SEEDS[f"{kind}_{m}"] for kind in ("residual", "nonorm") for m in "ab"})
+    seeds.update({f"swa {s}": SEEDS["swa"] + s for s in range(3)})
+    clashes = [(a, b) for a in seeds for b in seeds if a < b and seeds[a] == seeds[b]]
+    assert not clashes, f"runs sharing a data order: {clashes}"
+    # the spawned pair itself keeps its seeds (its cache entries and results do not move)
+    assert [zoo.spawned_child_config(preset, smoke_data, i).data_seed for i in range(2)] == [6, 7]
+
+
+def test_owners_are_the_fedavg_clients_and_are_validated(preset, smoke_data):
+    from helpers.federated import client_split
+    owners = zoo.get_owners(preset, smoke_data, 3, dirichlet_alpha=1.0, progress=False)
+    clients = client_split(smoke_data.train, num_clients=3, dirichlet_alpha=1.0, seed=SEEDS["dirichlet_split"])
+    assert [torch.equal(o[2].labels, c.labels) and torch.equal(o[2].images, c.images)
+            for o, c in zip(owners, clients)] == [True] * 3
+    assert sum(len(o[2]) for o in owners) == len(smoke_data.train)
+    assert not _same_weights(owners[0][0], owners[1][0])
+    with pytest.raises(ValueError, match="num_owners"):
+        zoo.get_owners(preset, smoke_data, 1, progress=False)
+    with pytest.raises(ValueError, match=r"owner \d+ of 40 .* fewer than one batch"):
+        zoo.get_owners(preset, smoke_data, 40, dirichlet_alpha=0.1, progress=False)
