@@ -400,7 +400,7 @@ def get_distilled_student(preset: Preset, data: DataSplits, *, teacher: str = "e
                      float(temperature), float(soft_weight))
 
     def build() -> nn.Module:
-        return build_model("student", run.student.width, run.student.init_seed)
+        return build_model(run.student.arch, run.student.width, run.student.init_seed)
 
     def fit(model: nn.Module) -> History:
         if isinstance(teacher_module, CachedTeacher):

@@ -251,3 +251,15 @@ def test_owners_are_the_fedavg_clients_and_are_validated(preset, smoke_data):
         zoo.get_owners(preset, smoke_data, 1, progress=False)
     with pytest.raises(ValueError, match=r"owner \d+ of 40 .* fewer than one batch"):
         zoo.get_owners(preset, smoke_data, 40, dirichlet_alpha=0.1, progress=False)
+
+
+def test_distilling_into_a_course_sized_model_builds_the_course_cnn(preset, smoke_data):
+    """arch="course" must give the course CNN at the preset's width (it once built the student CNN)."""
+    from helpers.ensembling import Ensemble
+    pair = zoo.get_pair("independent", preset, smoke_data, progress=False)
+    model, _ = zoo.get_distilled_student(preset, smoke_data, teacher="pair ensemble",
+                                         teacher_module=Ensemble([pair.model_a, pair.model_b]), arch="course",
+                                         progress=False)
+    reference = zoo.build_model("course", preset.width, 0)
+    assert type(model) is type(reference)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
