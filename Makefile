@@ -57,7 +57,8 @@ test: $(VENV)/.installed-dev
 # After `make run`: copy the executed notebooks to docs/executed/<preset>/ (cleaned, checked, committed).
 publish: $(VENV)/.installed-notebooks
 	@preset=$$($(PY) -c "from helpers.presets import get_preset; print(get_preset().name)"); \
-	$(PY) -m helpers.publish executed $$preset
+	$(PY) -m helpers.publish executed $$preset && \
+	if [ "$$preset" = workshop ]; then $(PY) -m helpers.publish guide; fi
 
 # The static course in build/site/, from the committed executed notebooks (nothing is re-executed).
 site: $(VENV)/.installed-site

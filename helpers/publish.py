@@ -7,6 +7,9 @@ reader can open without running anything:
   with progress-bar noise reduced to each bar's final line (Jupyter progress widgets become that line
   as plain text, so GitHub and static HTML show it), after checking that every code cell has run,
   none raised, every file is under 2 MB, and all of them print one clean provenance commit.
+- `python -m helpers.publish guide`: rewrite the instructor's guide's generated blocks (what the
+  committed workshop run shows, its timing table) and the README's workshop row from
+  `results/workshop/`, so no number there is typed by hand.
 - `python -m helpers.publish site-src [--preset P]`: write `build/site-src/` for MkDocs (`make site`):
   a front page (what the course teaches, the trade-off chart, the notebooks with one line each, the
   two commands), the executed notebooks and the instructor's guide.
@@ -19,12 +22,14 @@ import html
 import json
 import re
 import shutil
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from helpers._paths import atomic_write, project_root
 from helpers.colab import repository_url
+from helpers.presets import get_preset
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -211,6 +216,221 @@ make test    # set up .venv, unit tests + every notebook under nbval (smoke pres
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# The instructor's guide and the README's workshop row, written from the committed workshop run
+
+GUIDE_MARKERS = {name: (f"<!-- generated: {name} (python -m helpers.publish guide; do not edit by hand) -->",
+                        f"<!-- end generated: {name} -->") for name in ("lessons", "timing")}
+README_ROW_MARKER = "<!-- generated: workshop row -->"
+
+
+def _load_results(folder: Path, notebook: str) -> dict:
+    path = folder / f"{notebook}.json"
+    if not path.is_file():
+        raise PublishError(f"{path} is missing: run `HELPERS_PRESET={folder.name} make run` first")
+    return json.loads(path.read_text())["results"]
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return f"{100 * x:.{digits}f}%"
+
+
+def _row(table: dict, prefix: str) -> float:
+    """'all classes' accuracy of the one row of `table` whose name starts with `prefix`."""
+    rows = [v for k, v in table.items() if k.startswith(prefix)]
+    if len(rows) != 1:
+        raise PublishError(f"expected one task-arithmetic row starting with {prefix!r}, found {len(rows)}")
+    return rows[0]["all classes"]
+
+
+def _shown(ok: bool) -> str:
+    return "shown" if ok else "**not shown**"
+
+
+def workshop_lessons(folder: Path) -> str:
+    """The guide's "what the committed run shows": the six tested lessons (the thresholds of
+    tests/test_real_data.py) and the untested results of notebooks 04, 08 and 09, every number read
+    from the results files in `folder`."""
+    r = {n: _load_results(folder, n) for n in ("03_weight_averaging", "04_permutation_alignment",
+                                                "05_prediction_ensembling", "06_knowledge_distillation",
+                                                "07_federated_averaging", "08_soups_and_merging", "09_model_fusion")}
+    preset = get_preset(folder.name)
+    timings = json.loads((folder / "timings.json").read_text())
+    source = json.loads((folder / "03_weight_averaging.json").read_text())["provenance"].get("data_source", "")
+    source = "the JPEG copy" if "jpg" in source.lower() else source or "unknown source"
+    pairs3, al = r["03_weight_averaging"]["pairs"], r["04_permutation_alignment"]
+    ind4 = al["pairs"]["independent"]
+    singles = [pairs3[k][m] for k in ("independent", "shared_init") for m in ("accuracy_a", "accuracy_b")]
+    spawned = pairs3["spawned"]
+    better_child = max(spawned["accuracy_a"], spawned["accuracy_b"])
+    closed = 1 - ind4["aligned + BN reset"]["accuracy_barrier"] / ind4["naive"]["accuracy_barrier"]
+    ens = r["05_prediction_ensembling"]
+    gains = ens["independent_pairs"]["ensemble_gains"]
+    ms = ens["independent_pairs"]["mean_std"]
+    one_pair = ens["pairs"]["independent"]
+    kd = r["06_knowledge_distillation"]
+    chosen, scratch = kd["students"][kd["chosen"]], kd["students"]["scratch"]
+    fed = r["07_federated_averaging"]
+    res, nonorm = al["residual"], al["nonorm"]
+    swa, soups, ta = r["08_soups_and_merging"]["swa"], r["08_soups_and_merging"]["soups"], r["08_soups_and_merging"]["task_arithmetic"]
+    fusion = r["09_model_fusion"]
+    opts = fusion["options"]
+    joint = opts["joint retraining (union, from scratch)"]["accuracy"]
+    half = opts["fine-tune 0.5 ep from aligned + REPAIR average"]
+    lines = [
+        f"The course has one preset made for rooms of laptops: **`workshop`**. It trains on real CIFAR-10, "
+        f"but on a class-balanced {preset.train_subset:,}-image subset ({preset.test_subset:,} test images, "
+        f"{preset.val_fraction:.0%} of CIFAR-10's 50,000 training images held out for validation), with "
+        f"narrow models (the course CNN ×{preset.width:g}, the student ×{preset.student_width:g}) and "
+        f"{preset.train.num_epochs} epochs. `tests/test_real_data.py` checks six lessons of the course against "
+        f"the committed run in [`results/workshop/`](../results/workshop/). One course model reaches "
+        f"{_pct(min(singles), 1)}–{_pct(max(singles), 1)} here (about 83% with the `cpu` preset): the lessons "
+        "are about *differences*.",
+        "",
+        "## What the committed workshop run shows",
+        "",
+        f"On CIFAR-10 ({source}), {preset.test_subset:,} test images, one cold run "
+        f"of commit `{timings['git_commit']}` (`results/workshop/`), written into this guide by "
+        "`python -m helpers.publish guide` (it is never edited by hand):",
+        "",
+        f"- independent pair, naive midpoint: {_pct(pairs3['independent']['midpoint_naive'], 1)} (lesson: ≤ 20%) — "
+        f"{_shown(pairs3['independent']['midpoint_naive'] <= 0.20)};",
+        f"- spawned pair, midpoint after BatchNorm reset {_pct(spawned['midpoint_recalibrated'])} against "
+        f"{_pct(better_child)} for the better child (lesson: within 3 points) — "
+        f"{_shown(spawned['midpoint_recalibrated'] >= better_child - 0.03)};",
+        f"- alignment + BatchNorm reset closes {closed:.0%} of the independent pair's accuracy barrier "
+        f"(lesson: ≥ 50%) — {_shown(closed >= 0.5)};",
+        f"- the ensemble against its better member, over all {len(gains)} pairs of "
+        f"{ens['independent_pairs']['num_models']} independent models (notebook 05): "
+        f"{100 * statistics.fmean(gains):+.2f} ± {100 * statistics.stdev(gains):.2f} points (per pair: "
+        f"{', '.join(f'{100 * g:+.2f}' for g in gains)}; lesson: ≥ +0.5 on average) — "
+        f"{_shown(statistics.fmean(gains) >= 0.005)}. The committed independent pair alone: "
+        f"{one_pair['gain_verdict']}: at this budget one seed's model can be several points better than "
+        "another's, which is itself a lesson about single-run comparisons. Over the same pairs the naive "
+        f"midpoint is {_pct(ms['weight average, naive'][0], 1)} ± {_pct(ms['weight average, naive'][1], 1)}, "
+        f"aligned + REPAIR {_pct(ms['weight average, aligned + REPAIR'][0], 1)} ± "
+        f"{_pct(ms['weight average, aligned + REPAIR'][1], 1)};",
+        f"- student distilled from the ensemble ({kd['chosen']}) {_pct(chosen['mean'])} against "
+        f"{_pct(scratch['mean'])} from scratch (mean of {len(scratch['accuracy'])} seeds; lesson: at least as "
+        f"good) — {_shown(chosen['mean'] >= scratch['mean'])};",
+        f"- FedAvg with IID clients {_pct(fed['fedavg_final_accuracy']['IID'])} against {_pct(fed['joint_accuracy'])} "
+        f"for the joint model ({fed['verdicts']['IID vs joint']}; lesson: within 4 points) and the one-shot "
+        f"average of IID clients {_pct(fed['one_shot']['IID'], 1)} (lesson: ≤ 25%) — "
+        f"{_shown(fed['gap_iid_to_joint'] <= 0.04 and fed['one_shot']['IID'] <= 0.25)}.",
+        "",
+        "Not among the tested lessons (verdicts from `helpers.stats`, formatted by the notebooks themselves):",
+        "",
+        f"- residual networks align too (notebook 04): the independent residual pair's midpoint goes from "
+        f"{_pct(res['naive + BN reset'], 1)} (BatchNorm reset only) to {_pct(res['aligned + BN reset'], 1)} aligned "
+        f"+ reset, {_pct(res['aligned + REPAIR'], 1)} with REPAIR (endpoints {_pct(res['endpoints'][0], 1)} / "
+        f"{_pct(res['endpoints'][1], 1)});",
+        f"- REPAIR without BatchNorm (notebook 04): endpoints {_pct(nonorm['endpoints'][0], 1)} / "
+        f"{_pct(nonorm['endpoints'][1], 1)}, aligned midpoint {_pct(nonorm['aligned'], 1)}, after REPAIR "
+        f"{_pct(nonorm['aligned + REPAIR'], 1)}: {nonorm['share_of_aligned_barrier_closed']:.0%} of the remaining "
+        "barrier closed (REPAIR's own VGG11 closed 78%);",
+        f"- SWA over {len(swa['accuracy']['swa'])} runs: {_pct(swa['mean_std']['swa'][0])} ± "
+        f"{100 * swa['mean_std']['swa'][1]:.2f} against {_pct(swa['mean_std']['endpoint'][0])} ± "
+        f"{100 * swa['mean_std']['endpoint'][1]:.2f} for the same runs' endpoints: {swa['verdicts']['swa vs endpoint']};",
+        f"- soups of {soups['num_children']} spawned children: greedy {_pct(soups['full']['greedy'])} (keeps "
+        f"{len(soups['full']['greedy_kept'])}), uniform {_pct(soups['full']['uniform'])}, best child by validation "
+        f"{_pct(soups['full']['best_child'])}; greedy against uniform: {soups['full']['greedy_vs_uniform']};",
+        f"- task arithmetic on two fine-tunes of one base (scale {ta['scale']:g}, chosen on validation): "
+        f"{_pct(_row(ta['test'], 'task arithmetic'))} on all classes against "
+        f"{_pct(ta['test']['ensemble of the fine-tunes']['all classes'])} for the ensemble of the fine-tunes and "
+        f"{_pct(ta['test']['base']['all classes'])} for the base; TIES {_pct(_row(ta['test'], 'TIES'))};",
+        f"- two owners (notebook 09): merge (aligned + REPAIR, {_pct(opts['aligned + REPAIR average']['accuracy'])}) "
+        f"then fine-tune ½ epoch on the union: {_pct(half['accuracy'])} against {_pct(joint)} for joint retraining "
+        f"({half['accuracy'] / joint:.0%} of it) at {half['cost']:.2f}× its training cost; the same ½ epoch from "
+        f"owner A {_pct(opts['fine-tune 0.5 ep from owner A']['accuracy'])}, from scratch "
+        f"{_pct(opts['fine-tune 0.5 ep from scratch']['accuracy'])}; 2 epochs from scratch "
+        f"{_pct(opts['fine-tune 2 ep from scratch']['accuracy'])};",
+    ]
+    four = fusion.get("four_owners")
+    if four:
+        o4 = four["options"]
+        n = four["num_owners"]
+        half4 = o4[f"fine-tune 0.5 ep from the {n}-owner merge"]
+        lines.append(
+            f"- {n} owners (notebook 09; {', '.join(f'{k:,}' for k in four['owner_images'])} training images): "
+            f"owners {_pct(min(v['accuracy'] for v in o4.values() if v['kind'] == 'owner'), 1)}–"
+            f"{_pct(max(v['accuracy'] for v in o4.values() if v['kind'] == 'owner'), 1)}, uniform ensemble "
+            f"{_pct(o4[f'ensemble of the {n}, uniform']['accuracy'])}, aligned + REPAIR average "
+            f"{_pct(o4[f'average of the {n}, aligned to owner 1 + REPAIR']['accuracy'])} (naive + BN reset "
+            f"{_pct(o4[f'average of the {n}, naive + BN reset']['accuracy'])}), merge then ½ epoch "
+            f"{_pct(half4['accuracy'])} ({half4['accuracy'] / joint:.0%} of joint retraining; "
+            f"{four['merge_finetune_half_epoch_vs_joint']}), FedAvg of the {n} "
+            f"{_pct(o4[f'FedAvg of the {n} owners (equal compute)']['accuracy'])}.")
+    return "\n".join(lines)
+
+
+def workshop_timing(folder: Path) -> str:
+    """The guide's timing table, from the committed workshop run's `timings.json`."""
+    ws = json.loads((folder / "timings.json").read_text())
+    precision = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(ws["precision"], ws["precision"])
+    rows = [f"| notebook | `workshop`, {precision}, {_machine(ws['device_name'])} |", "|---|---|"]
+    rows += [f"| {name} | {seconds:,.0f} s |" for name, seconds in ws["seconds"].items()]
+    total = ws["total_seconds"]
+    rows.append(f"| **all, cold** | **{total:,.0f} s ({total / 60:.1f} min)** |")
+    return (f"Measured cold (empty checkpoint and data caches, the `.venv` installed) with `make run`, which writes "
+            f"`results/<preset>/timings.json`: the committed run (commit `{ws['git_commit']}`, torch {ws['torch']}, "
+            f"`HELPERS_PRECISION={ws['precision']}`), {'within' if total <= 720 else 'over'} the 12-minute target. "
+            "The sum is over the notebooks; the data check `make run` does first (decoding the images once, about "
+            "half a minute) comes before it. The `cpu` preset's committed run and its time are in the README "
+            "(\"How long it takes\").\n\n" + "\n".join(rows))
+
+
+def _machine(device_name: str) -> str:
+    """'cpu (2 threads, AMD EPYC)' -> 'a CPU (2 threads, AMD EPYC)'; other device names unchanged."""
+    return "a CPU" + device_name[3:] if device_name.startswith("cpu (") else device_name
+
+
+def workshop_readme_row(folder: Path) -> str:
+    """The README's preset-table row for `workshop`, its marker in the last cell (an HTML comment: invisible)."""
+    preset = get_preset(folder.name)
+    ws = json.loads((folder / "timings.json").read_text())
+    total = ws["total_seconds"]
+    return (f"| `workshop` | real CIFAR-10: class-balanced {preset.train_subset:,} training / {preset.test_subset:,} "
+            f"test images | course CNN ×{preset.width:g}, student ×{preset.student_width:g}, "
+            f"{preset.train.num_epochs} epochs | a 90-minute workshop on laptops: the whole course "
+            f"({len(ws['seconds'])} notebooks) cold in {total:,.0f} s ({total / 60:.1f} minutes) in "
+            f"{ {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}.get(ws['precision'], ws['precision'])} "
+            f"on {_machine(ws['device_name'])} — {'within' if total <= 720 else 'over'} the 12-minute target "
+            f"([instructor's guide](docs/workshop.md), [results](results/workshop/summary.md)) {README_ROW_MARKER} |")
+
+
+def _replace_between(text: str, name: str, body: str, path: Path) -> str:
+    start, end = GUIDE_MARKERS[name]
+    if start not in text or end not in text:
+        raise PublishError(f"{path} has no '{start}' ... '{end}' block to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def render_guide(guide: str, readme: str, *, root: Path | None = None) -> tuple[str, str]:
+    """The guide and README texts with their generated parts rewritten from `results/workshop/`."""
+    root = root or project_root()
+    folder = root / "results" / "workshop"
+    guide = _replace_between(guide, "lessons", workshop_lessons(folder), root / "docs" / "workshop.md")
+    guide = _replace_between(guide, "timing", workshop_timing(folder), root / "docs" / "workshop.md")
+    rows = [line for line in readme.splitlines() if README_ROW_MARKER in line]
+    if len(rows) != 1:
+        raise PublishError(f"README.md should have one preset row marked {README_ROW_MARKER}; found {len(rows)}")
+    readme = readme.replace(rows[0], workshop_readme_row(folder))
+    readme = re.sub(r"(one cold `workshop` run of commit\s+)`[0-9a-f+dirty]+`",
+                    lambda m: m.group(1) + f"`{json.loads((folder / 'timings.json').read_text())['git_commit']}`", readme)
+    return guide, readme
+
+
+def write_guide(root: Path | None = None) -> list[Path]:
+    root = root or project_root()
+    paths = [root / "docs" / "workshop.md", root / "README.md"]
+    guide, readme = render_guide(paths[0].read_text(), paths[1].read_text(), root=root)
+    for path, text in zip(paths, (guide, readme)):
+        atomic_write(path, lambda tmp, text=text: tmp.write_text(text))
+    return paths
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helpers.publish")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,11 +438,16 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("preset")
     site = sub.add_parser("site-src", help="write build/site-src/ for MkDocs")
     site.add_argument("--preset", default=None)
+    sub.add_parser("guide", help="rewrite docs/workshop.md's generated blocks and README.md's workshop row "
+                                 "from results/workshop/")
     args = parser.parse_args(argv)
     try:
         if args.command == "executed":
             for path in publish_executed(args.preset):
                 print(f"wrote {path.relative_to(project_root())} ({path.stat().st_size // 1024} kB)")
+        elif args.command == "guide":
+            for path in write_guide():
+                print(f"wrote {path.relative_to(project_root())}")
         else:
             print(f"wrote {write_site_sources(args.preset)}")
     except PublishError as exc:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from helpers._paths import project_root
 from helpers.publish import PublishError, clean_notebook, provenance_commit, publish_executed
 
 
@@ -66,3 +67,43 @@ def test_publishing_needs_every_notebook_from_one_clean_commit(tmp_path, monkeyp
     written = publish_executed("workshop")
     assert [p.name for p in written] == ["01_a.ipynb", "02_b.ipynb"]
     assert provenance_commit(json.loads(written[0].read_text())) == "abc123"
+
+
+# ----------------------------------------------------------------------------------------------
+# The instructor's guide and the README's workshop row are written from the committed run
+
+
+def test_the_guide_and_the_readme_row_say_what_the_committed_workshop_run_says():
+    """docs/workshop.md's generated blocks and the README's workshop row equal what `python -m
+    helpers.publish guide` writes from results/workshop/: no number there is typed by hand or stale."""
+    from helpers.publish import render_guide
+    root = project_root()
+    guide, readme = (root / "docs" / "workshop.md").read_text(), (root / "README.md").read_text()
+    new_guide, new_readme = render_guide(guide, readme, root=root)
+    assert new_guide == guide, "docs/workshop.md is stale: run `python -m helpers.publish guide`"
+    assert new_readme == readme, "README.md's workshop row is stale: run `python -m helpers.publish guide`"
+
+
+def test_the_guide_follows_the_results_and_says_when_a_lesson_is_not_shown(tmp_path):
+    """Change one number in a copy of the results: the guide changes with it, and a lesson beyond its
+    threshold is reported as not shown."""
+    import shutil
+    from helpers.publish import render_guide
+    root = project_root()
+    shutil.copytree(root / "results" / "workshop", tmp_path / "results" / "workshop")
+    path = tmp_path / "results" / "workshop" / "03_weight_averaging.json"
+    blob = json.loads(path.read_text())
+    blob["results"]["pairs"]["independent"]["midpoint_naive"] = 0.3125
+    path.write_text(json.dumps(blob))
+    guide, _ = render_guide((root / "docs" / "workshop.md").read_text(), (root / "README.md").read_text(),
+                            root=tmp_path)
+    assert "independent pair, naive midpoint: 31.2% (lesson: ≤ 20%) — **not shown**" in guide
+
+
+def test_the_guide_refuses_a_file_without_its_generated_blocks():
+    from helpers.publish import PublishError, render_guide
+    root = project_root()
+    with pytest.raises(PublishError, match=r"workshop\.md has no '<!-- generated: lessons"):
+        render_guide("# a guide without markers\n", (root / "README.md").read_text(), root=root)
+    with pytest.raises(PublishError, match="one preset row marked"):
+        render_guide((root / "docs" / "workshop.md").read_text(), "# no table\n", root=root)
