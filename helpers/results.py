@@ -101,7 +101,8 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     retraining. Costs are multiples of one course model: inference FLOPs, and training seconds on top
     of the members'.
 
-    Each row: method, accuracy (the mean where there are several runs), accuracy_std, n_runs, delta,
+    Each row: method, accuracy (the mean where there are several runs), accuracy_std, n_runs, runs_of
+    ("runs", or "pairs" for the rows averaged over the pairs of independent models), delta,
     reference, delta_own, nll, ece (None where not measured), inference_x, ms_per_batch,
     extra_training_x, needs."""
     R = {name: r["results"] for name, r in results.items()}
@@ -119,10 +120,11 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     fusion = R["09_model_fusion"]
 
     def row(method, accuracy, *, std=0.0, n=1, reference="better member (independent)", own=None, nll=None,
-            ece=None, inference=1.0, ms=None, extra_training=0.0, needs="", mean=None):
+            ece=None, inference=1.0, ms=None, extra_training=0.0, needs="", mean=None, runs_of="runs"):
         accuracy = accuracy if mean is None else mean   # the mean over pairs replaces the one pair's number
         own = better if own is None else own
-        return {"method": method, "accuracy": accuracy, "accuracy_std": std, "n_runs": n, "delta": accuracy - better,
+        return {"method": method, "accuracy": accuracy, "accuracy_std": std, "n_runs": n, "runs_of": runs_of,
+                "delta": accuracy - better,
                 "reference": reference, "delta_own": accuracy - own, "nll": nll, "ece": ece, "inference_x": inference,
                 "ms_per_batch": ms, "extra_training_x": extra_training, "needs": needs}
 
@@ -131,13 +133,16 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
 
     many = ens.get("independent_pairs")   # every pair of N independent models (notebook 05), where measured
 
-    def over_pairs(method):
-        """The row as mean ± std over the pairs of independent models, against each pair's better member."""
+    def over_pairs(method, one_pair_metrics=None):
+        """The row as mean ± std over the pairs of independent models, against each pair's better member;
+        NLL and ECE averaged over the same pairs where notebook 05 measured them, else left out (never
+        one pair's NLL beside the pairs' mean accuracy). Without the pairs: the one pair's numbers."""
         if not many:
-            return {}
+            return metrics(one_pair_metrics) if one_pair_metrics else {}
         (m, sd), (better_mean, _) = many["mean_std"][method], many["mean_std"]["better member"]
+        pair_metrics = many.get("metrics_mean", {}).get(method, {})
         return {"mean": m, "std": sd, "n": len(many["runs"][method]), "reference": "each pair's better member",
-                "own": better_mean}
+                "own": better_mean, "runs_of": "pairs", "nll": pair_metrics.get("nll"), "ece": pair_metrics.get("ece")}
 
     ts_ens = ens["temperature_scaling"]["ensemble of 2"]   # one temperature fitted on data.val (notebook 05)
     better_metrics = ind["member_a"] if ind["member_a"]["accuracy"] == better else ind["member_b"]
@@ -164,8 +169,8 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
             extra_training=align["weight_matching_seconds"] / member_seconds,
             needs="same architecture, training images for BN", **over_pairs("weight average, aligned + REPAIR")),
         row("ensemble, mean of probabilities (independent)", ind["mean_probs"]["accuracy"],
-            **metrics(ind["mean_probs"]), inference=2.0, ms=ensemble_ms, needs="nothing (any architectures)",
-            **over_pairs("ensemble, mean of probabilities")),
+            inference=2.0, ms=ensemble_ms, needs="nothing (any architectures)",
+            **over_pairs("ensemble, mean of probabilities", ind["mean_probs"])),
         row("ensemble + temperature scaling (independent)", ts_ens["after"]["accuracy"], **metrics(ts_ens["after"]),
             inference=2.0, ms=ensemble_ms, needs="validation images"),
         row("ensemble, validation-weighted (disjoint pair)", ens["weighted"]["disjoint"]["accuracy"],
@@ -205,7 +210,7 @@ def tradeoff_markdown(rows: Sequence[Mapping]) -> str:
 
     def spread(r):
         n = r.get("n_runs", 1)
-        return "1 run" if n == 1 else f"± {100 * r['accuracy_std']:.2f} ({n} runs)"
+        return "1 run" if n == 1 else f"± {100 * r['accuracy_std']:.2f} ({n} {r.get('runs_of', 'runs')})"
 
     def own(r):
         return "—" if "reference" not in r else f"{100 * r['delta_own']:+.2f} ({r['reference']})"

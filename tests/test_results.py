@@ -45,3 +45,34 @@ def test_make_run_timings_are_written_with_what_they_ran_on(tmp_path):
     assert blob["total_seconds"] == 186.0 and blob["preset"] == "smoke"
     for key in ("precision", "device", "device_name", "torch", "git_commit", "date"):
         assert key in blob
+
+
+def _workshop_results():
+    import json
+    from helpers._paths import project_root
+    folder = project_root() / "results" / "workshop"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("[0-9][0-9]_*.json"))}
+
+
+def test_rows_over_pairs_never_mix_one_pairs_nll_with_the_pairs_mean_accuracy():
+    """The ensemble row is a mean over the pairs of independent models: its NLL/ECE are the pairs' mean
+    where notebook 05 measured them, absent otherwise, and the spread says "pairs"."""
+    import copy
+    from helpers.results import tradeoff_markdown, tradeoff_rows
+    results = _workshop_results()
+    pairs = results["05_prediction_ensembling"]["results"]["independent_pairs"]
+    pairs["metrics_mean"] = {"ensemble, mean of probabilities": {"nll": 1.2345, "ece": 0.0678}}
+    row = next(r for r in tradeoff_rows(results) if r["method"].startswith("ensemble, mean of probabilities"))
+    assert (row["nll"], row["ece"], row["runs_of"], row["n_runs"]) == (1.2345, 0.0678, "pairs", len(pairs["runs"]["better member"]))
+    assert f"({row['n_runs']} pairs)" in tradeoff_markdown([row])
+
+    no_metrics = copy.deepcopy(results)
+    del no_metrics["05_prediction_ensembling"]["results"]["independent_pairs"]["metrics_mean"]
+    row = next(r for r in tradeoff_rows(no_metrics) if r["method"].startswith("ensemble, mean of probabilities"))
+    assert row["nll"] is None and row["ece"] is None
+
+    one_pair = copy.deepcopy(results)
+    del one_pair["05_prediction_ensembling"]["results"]["independent_pairs"]
+    ind = one_pair["05_prediction_ensembling"]["results"]["pairs"]["independent"]
+    row = next(r for r in tradeoff_rows(one_pair) if r["method"].startswith("ensemble, mean of probabilities"))
+    assert (row["nll"], row["runs_of"], row["accuracy"]) == (ind["mean_probs"]["nll"], "runs", ind["mean_probs"]["accuracy"])
