@@ -133,16 +133,27 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
 
     many = ens.get("independent_pairs")   # every pair of N independent models (notebook 05), where measured
 
-    def over_pairs(method, one_pair_metrics=None):
+    def over_pairs(method, one_pair_metrics=None, metrics_of=None):
         """The row as mean ± std over the pairs of independent models, against each pair's better member;
-        NLL and ECE averaged over the same pairs where notebook 05 measured them, else left out (never
-        one pair's NLL beside the pairs' mean accuracy). Without the pairs: the one pair's numbers."""
+        NLL and ECE (of `metrics_of`, default `method`) averaged over the same pairs where notebook 05
+        measured them, else left out (never one pair's NLL beside the pairs' mean accuracy). Without the
+        pairs: the one pair's numbers."""
         if not many:
             return metrics(one_pair_metrics) if one_pair_metrics else {}
         (m, sd), (better_mean, _) = many["mean_std"][method], many["mean_std"]["better member"]
-        pair_metrics = many.get("metrics_mean", {}).get(method, {})
+        pair_metrics = many.get("metrics_mean", {}).get(metrics_of or method, {})
         return {"mean": m, "std": sd, "n": len(many["runs"][method]), "reference": "each pair's better member",
                 "own": better_mean, "runs_of": "pairs", "nll": pair_metrics.get("nll"), "ece": pair_metrics.get("ece")}
+
+    def spawned_pairs():
+        """The spawned row as mean ± std over every pair of notebook 03's spawned children, against each
+        pair's better child (where measured; else the one spawned pair)."""
+        sp = R["03_weight_averaging"].get("spawned_pairs")
+        if not sp:
+            return {"reference": "better spawned child", "own": spawned_better}
+        (m, sd), (better_mean, _) = sp["mean_std"]["midpoint + BN reset"], sp["mean_std"]["better child"]
+        return {"mean": m, "std": sd, "n": len(sp["runs"]["better child"]), "runs_of": "pairs",
+                "reference": "each pair's better child", "own": better_mean}
 
     ts_ens = ens["temperature_scaling"]["ensemble of 2"]   # one temperature fitted on data.val (notebook 05)
     better_metrics = ind["member_a"] if ind["member_a"]["accuracy"] == better else ind["member_b"]
@@ -163,16 +174,16 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
         row("weight average, naive (independent pair)", avg["independent"]["midpoint_naive"],
             needs="same architecture", **over_pairs("weight average, naive")),
         row("weight average + BN reset (spawned pair)", avg["spawned"]["midpoint_recalibrated"],
-            reference="better spawned child", own=spawned_better,
-            needs="same architecture, shared parent, training images for BN"),
+            needs="same architecture, shared parent, training images for BN", **spawned_pairs()),
         row("weight average, aligned + REPAIR (independent)", align["aligned + REPAIR"]["midpoint_accuracy"],
             extra_training=align["weight_matching_seconds"] / member_seconds,
             needs="same architecture, training images for BN", **over_pairs("weight average, aligned + REPAIR")),
         row("ensemble, mean of probabilities (independent)", ind["mean_probs"]["accuracy"],
             inference=2.0, ms=ensemble_ms, needs="nothing (any architectures)",
             **over_pairs("ensemble, mean of probabilities", ind["mean_probs"])),
-        row("ensemble + temperature scaling (independent)", ts_ens["after"]["accuracy"], **metrics(ts_ens["after"]),
-            inference=2.0, ms=ensemble_ms, needs="validation images"),
+        row("ensemble + temperature scaling (independent)", ts_ens["after"]["accuracy"], inference=2.0, ms=ensemble_ms,
+            needs="validation images", **over_pairs("ensemble, mean of probabilities", ts_ens["after"],
+                                                     metrics_of="ensemble + temperature scaling")),
         row("ensemble, validation-weighted (disjoint pair)", ens["weighted"]["disjoint"]["accuracy"],
             **metrics(ens["weighted"]["disjoint"]), reference="better disjoint member", own=disjoint_better,
             inference=2.0, ms=ensemble_ms, needs="validation images"),

@@ -76,3 +76,21 @@ def test_rows_over_pairs_never_mix_one_pairs_nll_with_the_pairs_mean_accuracy():
     ind = one_pair["05_prediction_ensembling"]["results"]["pairs"]["independent"]
     row = next(r for r in tradeoff_rows(one_pair) if r["method"].startswith("ensemble, mean of probabilities"))
     assert (row["nll"], row["runs_of"], row["accuracy"]) == (ind["mean_probs"]["nll"], "runs", ind["mean_probs"]["accuracy"])
+
+
+def test_spawned_and_temperature_rows_go_over_pairs_where_measured():
+    from helpers.results import tradeoff_rows
+    results = _workshop_results()
+    results["03_weight_averaging"]["results"]["spawned_pairs"] = {
+        "runs": {"better child": [0.5, 0.6, 0.7], "midpoint + BN reset": [0.52, 0.58, 0.69]},
+        "mean_std": {"better child": [0.6, 0.1], "midpoint + BN reset": [0.5967, 0.085]}}
+    pairs = results["05_prediction_ensembling"]["results"]["independent_pairs"]
+    pairs["metrics_mean"] = {"ensemble, mean of probabilities": {"nll": 1.5, "ece": 0.15},
+                             "ensemble + temperature scaling": {"nll": 1.25, "ece": 0.03}}
+    rows = {r["method"]: r for r in tradeoff_rows(results)}
+    spawned = rows["weight average + BN reset (spawned pair)"]
+    assert (spawned["accuracy"], spawned["n_runs"], spawned["runs_of"]) == (0.5967, 3, "pairs")
+    assert abs(spawned["delta_own"] - (0.5967 - 0.6)) < 1e-12
+    scaled = rows["ensemble + temperature scaling (independent)"]
+    assert (scaled["nll"], scaled["ece"], scaled["runs_of"]) == (1.25, 0.03, "pairs")
+    assert scaled["accuracy"] == rows["ensemble, mean of probabilities (independent)"]["accuracy"]
