@@ -133,6 +133,13 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
 
     many = ens.get("independent_pairs")   # every pair of N independent models (notebook 05), where measured
 
+    def pair_stats(block, method, better_key, reference):
+        """A row as mean ± std over pairs (`block`: a notebook's `runs` / `mean_std` over its pairs),
+        against each pair's better member (`better_key`)."""
+        (m, sd), (better_mean, _) = block["mean_std"][method], block["mean_std"][better_key]
+        return {"mean": m, "std": sd, "n": len(block["runs"][better_key]), "runs_of": "pairs",
+                "reference": reference, "own": better_mean}
+
     def over_pairs(method, one_pair_metrics=None, metrics_of=None):
         """The row as mean ± std over the pairs of independent models, against each pair's better member;
         NLL and ECE (of `metrics_of`, default `method`) averaged over the same pairs where notebook 05
@@ -140,10 +147,9 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
         pairs: the one pair's numbers."""
         if not many:
             return metrics(one_pair_metrics) if one_pair_metrics else {}
-        (m, sd), (better_mean, _) = many["mean_std"][method], many["mean_std"]["better member"]
         pair_metrics = many.get("metrics_mean", {}).get(metrics_of or method, {})
-        return {"mean": m, "std": sd, "n": len(many["runs"][method]), "reference": "each pair's better member",
-                "own": better_mean, "runs_of": "pairs", "nll": pair_metrics.get("nll"), "ece": pair_metrics.get("ece")}
+        return {**pair_stats(many, method, "better member", "each pair's better member"),
+                "nll": pair_metrics.get("nll"), "ece": pair_metrics.get("ece")}
 
     def spawned_pairs():
         """The spawned row as mean ± std over every pair of notebook 03's spawned children, against each
@@ -151,9 +157,7 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
         sp = R["03_weight_averaging"].get("spawned_pairs")
         if not sp:
             return {"reference": "better spawned child", "own": spawned_better}
-        (m, sd), (better_mean, _) = sp["mean_std"]["midpoint + BN reset"], sp["mean_std"]["better child"]
-        return {"mean": m, "std": sd, "n": len(sp["runs"]["better child"]), "runs_of": "pairs",
-                "reference": "each pair's better child", "own": better_mean}
+        return pair_stats(sp, "midpoint + BN reset", "better child", "each pair's better child")
 
     ts_ens = ens["temperature_scaling"]["ensemble of 2"]   # one temperature fitted on data.val (notebook 05)
     better_metrics = ind["member_a"] if ind["member_a"]["accuracy"] == better else ind["member_b"]
