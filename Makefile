@@ -28,20 +28,11 @@ $(VENV)/.installed-site: pyproject.toml
 
 venv: $(VENV)/.installed-dev
 
-# HELPERS_PRESET picks the budget (smoke | cpu | gpu); default: gpu with CUDA, else cpu.
+# HELPERS_PRESET picks the budget (smoke | workshop | cpu | gpu); default: gpu with CUDA, else cpu.
+# helpers.runner executes the notebooks in order (build/<preset>/) and writes results/<preset>/timings.json.
 run: $(VENV)/.installed-notebooks
 	$(PY) -m helpers.presets
-	@preset=$$($(PY) -c "from helpers.presets import get_preset; print(get_preset().name)"); \
-	mkdir -p build/$$preset; start=$$(date +%s); : > build/$$preset/timings.log; \
-	for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb ($$preset)"; t0=$$(date +%s); \
-	  $(VENV)/bin/jupyter nbconvert --to notebook --execute "$$nb" --output-dir "build/$$preset" \
-	    --ExecutePreprocessor.timeout=-1 --log-level=WARN || exit 1; \
-	  t=$$(( $$(date +%s) - t0 )); echo "   $$t s"; \
-	  echo "$$(basename $$nb .ipynb) $$t" >> build/$$preset/timings.log; \
-	done; \
-	$(PY) -m helpers.results timings $$preset build/$$preset/timings.log; \
-	echo "make run ($$preset): all notebooks in $$(( $$(date +%s) - start )) s; results in results/$$preset/"
+	$(PY) -m helpers.runner
 
 # Hermetic: synthetic data, no network, fresh checkpoints; CIFAR10_DIR is ignored here.
 test: $(VENV)/.installed-dev

@@ -13,9 +13,13 @@ from torch import nn
 from helpers.data import TensorData, iterate_batches
 from helpers.devices import autocast, eval_mode, model_device, resolve_precision
 
+# Images per forward pass when evaluating. 500 rather than 1000: on a 2-core AVX2 CPU (fp32) the
+# course CNN evaluates 6,300 images/s at 500 against 4,800 at 1000 (the activations of a larger batch
+# no longer fit the caches); 200-500 are within a few percent of each other.
+EVAL_BATCH_SIZE = 500
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = 1000,
+def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = EVAL_BATCH_SIZE,
                    device: torch.device | str | None = None, precision: str = "auto") -> torch.Tensor:
     """Logits (N, C) as float32 on the CPU, in eval mode (the model's mode is restored after).
     `device`: where to run (the model is moved there); default: where the model's parameters are."""
@@ -30,7 +34,7 @@ def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = 1000
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 1000,
+def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = EVAL_BATCH_SIZE,
              device: torch.device | str | None = None, precision: str = "auto") -> dict[str, float]:
     """Test accuracy (0-1) and mean cross-entropy loss of `model` on `data`, as plain floats."""
     logits = predict_logits(model, data, batch_size=batch_size, device=device, precision=precision)

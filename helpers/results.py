@@ -22,6 +22,7 @@ from helpers._paths import atomic_write, project_root, resolve_user_path
 from helpers.devices import pick_device, resolve_precision
 from helpers.presets import get_preset
 from helpers.repro import environment
+from helpers.stats import mean_std
 
 
 def results_dir(preset_name: str) -> Path:
@@ -131,6 +132,15 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     def metrics(m):
         return {"nll": m["nll"], "ece": m["ece"]}
 
+    def runs_of(accuracies):
+        """Mean ± std over a row's runs (07's FedAvg IID seeds, the joint recipe's runs), where measured;
+        results from before the replicates keep their single run."""
+        if not accuracies or len(accuracies) < 2:
+            return {}
+        m, sd = mean_std(accuracies)
+        return {"mean": m, "std": sd, "n": len(accuracies)}
+
+    joint_runs = fed.get("joint_recipe_runs") or [joint["test_accuracy"]]   # the joint model + same-recipe runs
     many = ens.get("independent_pairs")   # every pair of N independent models (notebook 05), where measured
 
     def pair_stats(block, method, better_key, reference):
@@ -195,10 +205,13 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
             n=len(student["accuracy"]), inference=kd["cost"]["student"]["flops"] / ens["cost"]["flops_single"],
             extra_training=student["train_seconds_mean"] / member_seconds, needs="training images"),
         row("joint model, retrained on all data", joint["test_accuracy"],
-            extra_training=joint["train_seconds"] / member_seconds, needs="all training data in one place"),
-        row("FedAvg, IID clients", fed["fedavg_final_accuracy"]["IID"], reference="joint model",
-            own=joint["test_accuracy"], extra_training=fed["fedavg_curves"]["IID"]["seconds"][-1] / member_seconds,
-            needs="clients that train together from the start"),
+            extra_training=joint["train_seconds"] / member_seconds, needs="all training data in one place",
+            **runs_of(joint_runs)),
+        row("FedAvg, IID clients", fed["fedavg_final_accuracy"]["IID"],
+            reference=f"joint recipe ({len(joint_runs)} runs)" if len(joint_runs) > 1 else "joint model",
+            own=mean_std(joint_runs)[0],
+            extra_training=fed["fedavg_curves"]["IID"]["seconds"][-1] / member_seconds,
+            needs="clients that train together from the start", **runs_of(fed.get("fedavg_iid_runs"))),
         row("SWA average of one run", swa_mean, std=swa_std, n=len(swa["accuracy"]["swa"]),
             reference="its own runs' endpoints", own=swa["mean_std"]["endpoint"][0],
             needs="a say in the training schedule; training images for BN"),

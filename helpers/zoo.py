@@ -79,7 +79,8 @@ SEEDS: Mapping[str, int] = MappingProxyType({
     "nonorm_a": 13,              # the pair without normalisation of notebook 04 (REPAIR by folding)
     "nonorm_b": 14,
     "owners": 70,                # owner i of get_owners (Dirichlet parts of the training set): 70 + i
-    "fedavg_init": 30,           # the server model's initial weights, every FedAvg setting
+    "fedavg_init": 30,           # the server model's initial weights (and client data order), every FedAvg setting
+    "fedavg_extra": 110,         # FedAvg replicate s >= 1 (get_fedavg(seed=s)): init and data order 110 + s
     "swa": 40,                   # SWA/EMA run s: init and data order 40 + s
     "task_base": 50,             # the task-arithmetic base model
     "task_finetune": 51,         # task i's fine-tune: data order 51 + i
@@ -519,20 +520,25 @@ def get_fedavg(preset: Preset, data: DataSplits, *, num_clients: int, dirichlet_
     Clients: `client_split(data.train, ...)` with split seed `seed`. Each client's batch is
     `client_batch_size`, by default the preset's batch size divided by `num_clients`: one step of every
     client then processes as many images as one step of the joint model, so at equal epochs both take
-    the same number of steps. The server starts from the same initial weights for every setting."""
+    the same number of steps. For one `seed`, the server starts from the same initial weights in every
+    setting. `seed` picks a replicate: 0 is the course's run (init `SEEDS["fedavg_init"]`); seed s >= 1
+    draws another split, another init and another data order (`SEEDS["fedavg_extra"] + s`), so runs
+    over seeds give FedAvg's run-to-run spread."""
     batch = client_batch_size or max(1, preset.train.batch_size // num_clients)
     clients = client_split(data.train, num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, seed=seed)
     too_small = [len(c) for c in clients if len(c) < batch * averages_per_epoch]
     if too_small:
         raise ValueError(f"a client has {too_small[0]} images, fewer than {averages_per_epoch} batch(es) of {batch}; "
                          "use fewer clients, a larger dirichlet_alpha or fewer averages per epoch")
-    init = course_config(preset, data, SEEDS["fedavg_init"])
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    init = course_config(preset, data, SEEDS["fedavg_init"] if seed == 0 else SEEDS["fedavg_extra"] + seed)
     client_train = replace(preset.train, batch_size=batch)
     run = FedRun(init, client_train, num_clients, dirichlet_alpha, seed, rounds, local_epochs, averages_per_epoch,
                  keep_client_momentum)
     split = "iid" if dirichlet_alpha is None else f"dir{dirichlet_alpha:g}"
     name = (f"{preset.name}-fedavg-{split}-c{num_clients}-r{rounds}-e{local_epochs}"
-            + (f"-a{averages_per_epoch}" if averages_per_epoch > 1 else ""))
+            + (f"-a{averages_per_epoch}" if averages_per_epoch > 1 else "") + (f"-s{seed}" if seed else ""))
     model, history = train_or_load(
         name, run, lambda: build_model("course", preset.width, init.init_seed),
         lambda model: fedavg(model, clients, rounds=rounds, local_epochs=local_epochs,

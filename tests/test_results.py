@@ -94,3 +94,25 @@ def test_spawned_and_temperature_rows_go_over_pairs_where_measured():
     scaled = rows["ensemble + temperature scaling (independent)"]
     assert (scaled["nll"], scaled["ece"], scaled["runs_of"]) == (1.25, 0.03, "pairs")
     assert scaled["accuracy"] == rows["ensemble, mean of probabilities (independent)"]["accuracy"]
+
+
+def test_fedavg_and_joint_rows_are_over_their_runs_where_measured():
+    """07 stores FedAvg IID's runs over seeds and the joint recipe's runs: the two rows become mean ± std
+    over them, and FedAvg's own reference is the joint recipe's mean; older results keep one run."""
+    import copy
+    from helpers.results import tradeoff_markdown, tradeoff_rows
+    results = _workshop_results()
+    fed = results["07_federated_averaging"]["results"]
+    fed.pop("fedavg_iid_runs", None), fed.pop("joint_recipe_runs", None)
+    single = {r["method"]: r for r in tradeoff_rows(copy.deepcopy(results))}
+    assert single["FedAvg, IID clients"]["n_runs"] == 1 and single["joint model, retrained on all data"]["n_runs"] == 1
+    assert single["FedAvg, IID clients"]["accuracy"] == fed["fedavg_final_accuracy"]["IID"]
+
+    fed["fedavg_iid_runs"] = [0.40, 0.44, 0.42]
+    fed["joint_recipe_runs"] = [0.45, 0.47]
+    rows = {r["method"]: r for r in tradeoff_rows(results)}
+    f, j = rows["FedAvg, IID clients"], rows["joint model, retrained on all data"]
+    assert (round(f["accuracy"], 10), f["n_runs"], round(f["accuracy_std"], 10)) == (0.42, 3, 0.02)
+    assert (round(j["accuracy"], 10), j["n_runs"]) == (0.46, 2)
+    assert f["reference"] == "joint recipe (2 runs)" and abs(f["delta_own"] - (0.42 - 0.46)) < 1e-12
+    assert "± 2.00 (3 runs)" in tradeoff_markdown([f])

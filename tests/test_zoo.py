@@ -239,6 +239,23 @@ def test_full_data_runs_never_share_a_data_order(preset, smoke_data):
     assert [zoo.spawned_child_config(preset, smoke_data, i).data_seed for i in range(2)] == [6, 7]
 
 
+def test_fedavg_replicates_differ_in_init_split_and_order_and_keep_seed_0(preset, smoke_data, monkeypatch):
+    """get_fedavg(seed=s): a replicate is another split, another init and another data order; seed 0
+    keeps the course's init (its cache entry does not move)."""
+    seen = []
+    monkeypatch.setattr(zoo, "fedavg", lambda model, clients, **kw: seen.append(
+        (model.state_dict()["0.weight"].clone(), clients[0].labels.clone(), kw["seed"])) or zoo.History())
+    for seed in (0, 1, 2):
+        zoo.get_fedavg(preset, smoke_data, num_clients=2, dirichlet_alpha=None, rounds=1, seed=seed, progress=False)
+    (w0, y0, s0), (w1, y1, s1), (w2, _, s2) = seen
+    assert s0 == SEEDS["fedavg_init"] and [s1, s2] == [SEEDS["fedavg_extra"] + 1, SEEDS["fedavg_extra"] + 2]
+    assert not torch.equal(w0, w1) and not torch.equal(w1, w2)
+    assert not torch.equal(y0, y1)
+    assert torch.equal(w0, zoo.build_model("course", preset.width, SEEDS["fedavg_init"]).state_dict()["0.weight"])
+    with pytest.raises(ValueError, match="seed"):
+        zoo.get_fedavg(preset, smoke_data, num_clients=2, dirichlet_alpha=None, rounds=1, seed=-1, progress=False)
+
+
 def test_owners_are_the_fedavg_clients_and_are_validated(preset, smoke_data):
     from helpers.federated import client_split
     owners = zoo.get_owners(preset, smoke_data, 3, dirichlet_alpha=1.0, progress=False)

@@ -1,0 +1,58 @@
+"""helpers.runner: what `make run` uses to execute the notebooks (real Jupyter kernels, tiny notebooks)."""
+
+import json
+
+import nbformat
+import pytest
+
+from helpers import runner
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_runs_in_order_in_the_notebook_folder_and_writes_executed_copies(tmp_path):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    first = _notebook(src / "01_a.ipynb", "import os; open('marker.txt', 'w').write(os.getcwd())", "print(6 * 7)")
+    second = _notebook(src / "02_b.ipynb", "print(open('marker.txt').read())")
+    out = tmp_path / "build"
+    seconds = runner.run([first, second], "smoke", out)
+    assert list(seconds) == ["01_a", "02_b"] and all(s > 0 for s in seconds.values())
+    executed = nbformat.read(str(out / "01_a.ipynb"), as_version=4)
+    assert executed.cells[1].outputs[0]["text"] == "42\n"
+    assert executed.cells[1].metadata["execution"]["shell.execute_reply"]   # nbclient's cell timings are kept
+    second_out = nbformat.read(str(out / "02_b.ipynb"), as_version=4)
+    assert second_out.cells[0].outputs[0]["text"].strip() == str(src)       # cwd = the notebook's folder
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]         # no temp file left behind
+
+
+def test_a_failing_cell_stops_the_run_and_keeps_the_partial_notebook(tmp_path, capsys):
+    bad = _notebook(tmp_path / "01_bad.ipynb", "x = 1", "raise ValueError('the cell that fails')", "print('never')")
+    after = _notebook(tmp_path / "02_after.ipynb", "print('must not run')")
+    out = tmp_path / "build"
+    assert runner.main([str(bad), str(after), "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "the cell that fails" in err and str(out) in err
+    partial = json.loads((out / "01_bad.ipynb").read_text())
+    assert partial["cells"][1]["outputs"][0]["ename"] == "ValueError"
+    assert "outputs" not in partial["cells"][2] or not partial["cells"][2]["outputs"]
+    assert not (out / "02_after.ipynb").exists()
+
+
+def test_a_missing_notebook_is_refused_before_anything_runs(tmp_path, capsys):
+    ok = _notebook(tmp_path / "01_ok.ipynb", "print(1)")
+    assert runner.main([str(ok), str(tmp_path / "02_missing.ipynb"), "--out-dir", str(tmp_path / "out")]) == 2
+    assert "02_missing.ipynb" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_course_notebooks_are_the_numbered_ones_in_order():
+    names = [p.name for p in runner.course_notebooks()]
+    assert names == sorted(names) and len(names) >= 10
+    assert all(n[:2].isdigit() and n[2] == "_" for n in names)
