@@ -121,10 +121,14 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     fusion = R["09_model_fusion"]
 
     def row(method, accuracy, *, std=0.0, n=1, reference="better member (independent)", own=None, nll=None,
-            ece=None, inference=1.0, ms=None, extra_training=0.0, needs="", mean=None, runs_of="runs"):
+            ece=None, inference=1.0, ms=None, extra_training=0.0, needs="", mean=None, runs_of="runs",
+            one_run=None):
         accuracy = accuracy if mean is None else mean   # the mean over pairs replaces the one pair's number
         own = better if own is None else own
+        if n == 1 and not one_run:
+            raise ValueError(f"trade-off row {method!r} has one run and no reason why")
         return {"method": method, "accuracy": accuracy, "accuracy_std": std, "n_runs": n, "runs_of": runs_of,
+                "why_one_run": one_run if n == 1 else None,
                 "delta": accuracy - better,
                 "reference": reference, "delta_own": accuracy - own, "nll": nll, "ece": ece, "inference_x": inference,
                 "ms_per_batch": ms, "extra_training_x": extra_training, "needs": needs}
@@ -139,6 +143,16 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
             return {}
         m, sd = mean_std(accuracies)
         return {"mean": m, "std": sd, "n": len(accuracies)}
+
+    def soup_rows(method):
+        """08's soups over its leave-one-out pools of children (mean ± std, against the pools' best child by
+        validation accuracy), where measured; else the soup of all children against the best child."""
+        if "mean_std" not in soups or method not in soups["mean_std"]:
+            return {"reference": "best child (by val)", "own": soups["full"]["best_child"],
+                    "one_run": "results from before notebook 08 stored its leave-one-out pools"}
+        m, sd = soups["mean_std"][method]
+        return {"mean": m, "std": sd, "n": len(soups["pools"][method]), "runs_of": "leave-one-out pools",
+                "reference": "best child (by val), same pools", "own": soups["mean_std"]["best child (by val)"][0]}
 
     joint_runs = fed.get("joint_recipe_runs") or [joint["test_accuracy"]]   # the joint model + same-recipe runs
     many = ens.get("independent_pairs")   # every pair of N independent models (notebook 05), where measured
@@ -156,7 +170,8 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
         measured them, else left out (never one pair's NLL beside the pairs' mean accuracy). Without the
         pairs: the one pair's numbers."""
         if not many:
-            return metrics(one_pair_metrics) if one_pair_metrics else {}
+            return {**(metrics(one_pair_metrics) if one_pair_metrics else {}),
+                    "one_run": "results from before notebook 05 measured every pair of independent models"}
         pair_metrics = many.get("metrics_mean", {}).get(metrics_of or method, {})
         return {**pair_stats(many, method, "better member", "each pair's better member"),
                 "nll": pair_metrics.get("nll"), "ece": pair_metrics.get("ece")}
@@ -166,7 +181,8 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
         pair's better child (where measured; else the one spawned pair)."""
         sp = R["03_weight_averaging"].get("spawned_pairs")
         if not sp:
-            return {"reference": "better spawned child", "own": spawned_better}
+            return {"reference": "better spawned child", "own": spawned_better,
+                    "one_run": "results from before notebook 03 measured every pair of spawned children"}
         return pair_stats(sp, "midpoint + BN reset", "better child", "each pair's better child")
 
     ts_ens = ens["temperature_scaling"]["ensemble of 2"]   # one temperature fitted on data.val (notebook 05)
@@ -184,7 +200,8 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     ta_name = next(n for n in tasks["test"] if n.startswith("task arithmetic"))
     return [
         row("single model (better member)", better, **metrics(better_metrics), ms=ens["cost"]["single_ms_per_batch"],
-            needs="—"),
+            needs="—", one_run="the reference of the Δ column: the independent pair's better member "
+                                "(the pair rows compare with each pair's own better member)"),
         row("weight average, naive (independent pair)", avg["independent"]["midpoint_naive"],
             needs="same architecture", **over_pairs("weight average, naive")),
         row("weight average + BN reset (spawned pair)", avg["spawned"]["midpoint_recalibrated"],
@@ -200,34 +217,40 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
                                                      metrics_of="ensemble + temperature scaling")),
         row("ensemble, validation-weighted (disjoint pair)", ens["weighted"]["disjoint"]["accuracy"],
             **metrics(ens["weighted"]["disjoint"]), reference="better disjoint member", own=disjoint_better,
-            inference=2.0, ms=ensemble_ms, needs="validation images"),
+            inference=2.0, ms=ensemble_ms, needs="validation images",
+            one_run="one disjoint pair: another costs two more members trained on another split"),
         row(f"student distilled from the ensemble (T={kd['temperature']:g})", student["mean"], std=student["std"],
-            n=len(student["accuracy"]), inference=kd["cost"]["student"]["flops"] / ens["cost"]["flops_single"],
+            n=len(student["accuracy"]), one_run="one student seed in this preset", inference=kd["cost"]["student"]["flops"] / ens["cost"]["flops_single"],
             extra_training=student["train_seconds_mean"] / member_seconds, needs="training images"),
         row("joint model, retrained on all data", joint["test_accuracy"],
             extra_training=joint["train_seconds"] / member_seconds, needs="all training data in one place",
+            one_run="results from before notebook 07 measured the joint recipe's runs",
             **runs_of(joint_runs)),
         row("FedAvg, IID clients", fed["fedavg_final_accuracy"]["IID"],
             reference=f"joint recipe ({len(joint_runs)} runs)" if len(joint_runs) > 1 else "joint model",
             own=mean_std(joint_runs)[0],
             extra_training=fed["fedavg_curves"]["IID"]["seconds"][-1] / member_seconds,
-            needs="clients that train together from the start", **runs_of(fed.get("fedavg_iid_runs"))),
+            needs="clients that train together from the start", **runs_of(fed.get("fedavg_iid_runs")),
+            one_run="results from before notebook 07 ran FedAvg IID over seeds"),
         row("SWA average of one run", swa_mean, std=swa_std, n=len(swa["accuracy"]["swa"]),
-            reference="its own runs' endpoints", own=swa["mean_std"]["endpoint"][0],
+            one_run="one SWA run in this preset", reference="its own runs' endpoints", own=swa["mean_std"]["endpoint"][0],
             needs="a say in the training schedule; training images for BN"),
-        row("greedy soup (spawned children)", soups["full"]["greedy"], reference="best child (by val)",
-            own=soups["full"]["best_child"], needs="children of one parent, validation images"),
-        row("uniform soup (spawned children)", soups["full"]["uniform"], reference="best child (by val)",
-            own=soups["full"]["best_child"], needs="children of one parent, training images for BN"),
+        row("greedy soup (spawned children)", soups["full"]["greedy"], needs="children of one parent, validation images",
+            **soup_rows("greedy soup")),
+        row("uniform soup (spawned children)", soups["full"]["uniform"],
+            needs="children of one parent, training images for BN", **soup_rows("uniform soup")),
         row("task arithmetic (two fine-tunes of one base)", tasks["test"][ta_name]["all classes"],
             reference="ensemble of the fine-tunes", own=tasks["test"]["ensemble of the fine-tunes"]["all classes"],
-            needs="fine-tunes of one base, validation images"),
+            needs="fine-tunes of one base, validation images",
+            one_run="one base and two fine-tunes: a replicate costs a new base and two new fine-tunes"),
         row("merge (aligned + REPAIR) then fine-tune ½ epoch (disjoint owners)", half["accuracy"],
             reference="joint retraining", own=joint_union, extra_training=half["cost"] * fusion_seconds,
-            needs="the union of the data for a short fine-tune"),
+            needs="the union of the data for a short fine-tune",
+            one_run="one pair of owners (notebook 09's four owners are another setting, not a replicate)"),
         row("owners' ensemble distilled on the union (disjoint owners)", distilled["accuracy"],
             reference="joint retraining", own=joint_union, extra_training=distilled["cost"] * fusion_seconds,
-            needs="the union of the data (labels not needed)"),
+            needs="the union of the data (labels not needed)",
+            one_run="one distillation on one pair of owners, at the cost of a full training run"),
     ]
 
 
@@ -250,7 +273,16 @@ def tradeoff_markdown(rows: Sequence[Mapping]) -> str:
         f"| {r['method']} | {r['accuracy']:.2%} | {100 * r['delta']:+.2f} | {spread(r)} | {own(r)} "
         f"| {fmt(r['nll'], '.3f')} "
         f"| {fmt(r['ece'], '.3f')} | {r['inference_x']:.2f} | {fmt(r['ms_per_batch'], '.1f')} "
-        f"| {r['extra_training_x']:.2f} | {r['needs']} |\n" for r in rows)
+        f"| {r['extra_training_x']:.2f} | {r['needs']} |\n" for r in rows) + one_run_notes(rows)
+
+
+def one_run_notes(rows: Sequence[Mapping]) -> str:
+    """Below the table: each row that has one run, and why (empty when every row has several)."""
+    single = [r for r in rows if r.get("n_runs", 1) == 1]
+    if not single:
+        return ""
+    return "\nRows with one run (no error bar), and why:\n" + "".join(
+        f"- {r['method']}: {r.get('why_one_run') or 'no reason recorded'}\n" for r in single)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -116,3 +116,33 @@ def test_fedavg_and_joint_rows_are_over_their_runs_where_measured():
     assert (round(j["accuracy"], 10), j["n_runs"]) == (0.46, 2)
     assert f["reference"] == "joint recipe (2 runs)" and abs(f["delta_own"] - (0.42 - 0.46)) < 1e-12
     assert "± 2.00 (3 runs)" in tradeoff_markdown([f])
+
+
+def test_soup_rows_are_over_the_leave_one_out_pools_where_measured():
+    import copy
+    from helpers.results import tradeoff_markdown, tradeoff_rows
+    results = _workshop_results()
+    soups = results["08_soups_and_merging"]["results"]["soups"]
+    soups["pools"] = {"best child (by val)": [0.40, 0.42], "uniform soup": [0.41, 0.43], "greedy soup": [0.40, 0.44]}
+    soups["mean_std"] = {"best child (by val)": [0.41, 0.0141], "uniform soup": [0.42, 0.0141],
+                         "greedy soup": [0.42, 0.0283]}
+    rows = {r["method"]: r for r in tradeoff_rows(results)}
+    g = rows["greedy soup (spawned children)"]
+    assert (g["accuracy"], g["n_runs"], g["runs_of"]) == (0.42, 2, "leave-one-out pools")
+    assert abs(g["delta_own"] - 0.01) < 1e-12 and "(2 leave-one-out pools)" in tradeoff_markdown([g])
+    old = copy.deepcopy(results)
+    del old["08_soups_and_merging"]["results"]["soups"]["mean_std"]
+    g = {r["method"]: r for r in tradeoff_rows(old)}["greedy soup (spawned children)"]
+    assert (g["accuracy"], g["n_runs"]) == (soups["full"]["greedy"], 1)
+
+
+def test_every_single_run_row_says_why_below_the_table():
+    from helpers.results import tradeoff_markdown, tradeoff_rows
+    rows = tradeoff_rows(_workshop_results())
+    single = [r for r in rows if r["n_runs"] == 1]
+    assert single and all(r["why_one_run"] for r in single)
+    assert all(r["why_one_run"] is None for r in rows if r["n_runs"] > 1)
+    table = tradeoff_markdown(rows)
+    notes = table.split("Rows with one run (no error bar), and why:\n")[1]
+    assert [line.split(": ")[0] for line in notes.strip().splitlines()] == [f"- {r['method']}" for r in single]
+    assert "Rows with one run" not in tradeoff_markdown([r for r in rows if r["n_runs"] > 1])
