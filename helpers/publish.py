@@ -234,6 +234,16 @@ def _load_json(folder: Path, name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _fedavg_runs(fed: dict) -> str:
+    """07's run-level comparison (FedAvg IID over seeds against the joint recipe's runs), where measured."""
+    if "fedavg_iid_runs" not in fed:
+        return ""
+    (fm, fs), (jm, js) = fed["fedavg_iid_mean_std"], fed["joint_recipe_mean_std"]
+    return (f"; over runs, {_pct(fm)} ± {_pct(fs)} ({len(fed['fedavg_iid_runs'])} seeds) against the joint recipe's "
+            f"{_pct(jm)} ± {_pct(js)} ({len(fed['joint_recipe_runs'])} runs): "
+            f"{fed['verdicts']['IID runs vs joint-recipe runs']}")
+
+
 def _pct(x: float, digits: int = 2) -> str:
     return f"{100 * x:.{digits}f}%"
 
@@ -318,7 +328,8 @@ def workshop_lessons(folder: Path, timings: dict) -> str:
         f"{_pct(scratch['mean'])} from scratch (mean of {len(scratch['accuracy'])} seeds; lesson: at least as "
         f"good) — {_shown(chosen['mean'] >= scratch['mean'])};",
         f"- FedAvg with IID clients {_pct(fed['fedavg_final_accuracy']['IID'])} against {_pct(fed['joint_accuracy'])} "
-        f"for the joint model ({fed['verdicts']['IID vs joint']}; lesson: within 4 points) and the one-shot "
+        f"for the joint model ({fed['verdicts']['IID vs joint']}{_fedavg_runs(fed)}; lesson: within 4 points) "
+        "and the one-shot "
         f"average of IID clients {_pct(fed['one_shot']['IID'], 1)} (lesson: ≤ 25%) — "
         f"{_shown(fed['gap_iid_to_joint'] <= 0.04 and fed['one_shot']['IID'] <= 0.25)}.",
         "",
