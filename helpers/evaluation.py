@@ -18,6 +18,7 @@ from helpers.devices import autocast, eval_mode, model_device, resolve_precision
 # no longer fit the caches); 200-500 are within a few percent of each other.
 EVAL_BATCH_SIZE = 500
 
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = EVAL_BATCH_SIZE,
                    device: torch.device | str | None = None, precision: str = "auto") -> torch.Tensor:
