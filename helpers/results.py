@@ -136,7 +136,7 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
     def metrics(m):
         return {"nll": m["nll"], "ece": m["ece"]}
 
-    def runs_of(accuracies):
+    def over_runs(accuracies):
         """Mean ± std over a row's runs (07's FedAvg IID seeds, the joint recipe's runs), where measured;
         results from before the replicates keep their single run."""
         if not accuracies or len(accuracies) < 2:
@@ -226,12 +226,12 @@ def tradeoff_rows(results: Mapping[str, dict]) -> list[dict]:
         row("joint model, retrained on all data", joint["test_accuracy"],
             extra_training=joint["train_seconds"] / member_seconds, needs="all training data in one place",
             one_run="results from before notebook 07 measured the joint recipe's runs",
-            **runs_of(joint_runs)),
+            **over_runs(joint_runs)),
         row("FedAvg, IID clients", fed["fedavg_final_accuracy"]["IID"],
             reference=f"joint recipe ({len(joint_runs)} runs)" if len(joint_runs) > 1 else "joint model",
             own=mean_std(joint_runs)[0],
             extra_training=fed["fedavg_curves"]["IID"]["seconds"][-1] / member_seconds,
-            needs="clients that train together from the start", **runs_of(fed.get("fedavg_iid_runs")),
+            needs="clients that train together from the start", **over_runs(fed.get("fedavg_iid_runs")),
             one_run="results from before notebook 07 ran FedAvg IID over seeds"),
         row("SWA average of one run", swa_mean, std=swa_std, n=len(swa["accuracy"]["swa"]),
             one_run="one SWA run in this preset", reference="its own runs' endpoints", own=swa["mean_std"]["endpoint"][0],

@@ -524,14 +524,14 @@ def get_fedavg(preset: Preset, data: DataSplits, *, num_clients: int, dirichlet_
     setting. `seed` picks a replicate: 0 is the course's run (init `SEEDS["fedavg_init"]`); seed s >= 1
     draws another split, another init and another data order (`SEEDS["fedavg_extra"] + s`), so runs
     over seeds give FedAvg's run-to-run spread."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     batch = client_batch_size or max(1, preset.train.batch_size // num_clients)
     clients = client_split(data.train, num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, seed=seed)
     too_small = [len(c) for c in clients if len(c) < batch * averages_per_epoch]
     if too_small:
         raise ValueError(f"a client has {too_small[0]} images, fewer than {averages_per_epoch} batch(es) of {batch}; "
                          "use fewer clients, a larger dirichlet_alpha or fewer averages per epoch")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
     init = course_config(preset, data, SEEDS["fedavg_init"] if seed == 0 else SEEDS["fedavg_extra"] + seed)
     client_train = replace(preset.train, batch_size=batch)
     run = FedRun(init, client_train, num_clients, dirichlet_alpha, seed, rounds, local_epochs, averages_per_epoch,
