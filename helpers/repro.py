@@ -4,6 +4,7 @@ Device choice lives in `helpers.devices`."""
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import subprocess
@@ -30,8 +31,33 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def cpu_isa(flags: set[str] | None = None, cap: str | None = None) -> str:
+    """The widest vector instructions oneDNN can use here, as a reader compares machines by them:
+    'AMX', 'AVX-512 BF16', 'AVX-512', 'AVX2' or '' (unknown), plus ', oneDNN capped at X' where
+    `$ONEDNN_MAX_CPU_ISA` limits it. The same model name (say 'AMD EPYC') covers hosts with and without
+    bfloat16 units, and fp32 convolutions differ by up to 2x between them. `flags`/`cap`: for tests
+    (default: /proc/cpuinfo and the environment)."""
+    if flags is None:
+        flags = set()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+    isa = next((name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"),
+                                        ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "") if cap is None else cap
+    if cap and cap.upper() != "ALL":
+        isa = f"{isa}, oneDNN capped at {cap.upper()}" if isa else f"oneDNN capped at {cap.upper()}"
+    return isa
+
+
 def device_name(device: torch.device | str) -> str:
-    """A human name for `device`, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu (2 threads, Intel Xeon)'."""
+    """A human name for `device`, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu (2 threads, Intel Xeon, AMX)'
+    (the CPU's widest vector instructions from `cpu_isa`)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -45,7 +71,8 @@ def device_name(device: torch.device | str) -> str:
                         break
         except OSError:
             pass
-        return f"cpu ({torch.get_num_threads()} threads, {cpu})"
+        isa = cpu_isa()
+        return f"cpu ({torch.get_num_threads()} threads, {cpu}{', ' + isa if isa else ''})"
     return str(device)
 
 

@@ -43,6 +43,12 @@ class Difference:
         """True when the interval excludes zero."""
         return self.low > 0 or self.high < 0
 
+    @property
+    def direction(self) -> int:
+        """+1 when A is better (the interval lies above zero), -1 when worse, 0 within noise: what
+        `verdict` would say, as a number two comparisons can be checked against."""
+        return (self.low > 0) - (self.high < 0)
+
 
 def paired_bootstrap(correct_a: torch.Tensor, correct_b: torch.Tensor, *, num_samples: int = 2000,
                      level: float = 0.95, seed: int = 0) -> Difference:

@@ -69,3 +69,15 @@ def test_gradient_scaler_path_takes_the_same_steps(tiny_data):
                   loss_fn=cross_entropy_loss(config), device=torch.device("cpu"), precision="fp32", scaler=scaler)
         weights.append(model[0].weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
+
+
+def test_cpu_isa_names_the_widest_instructions_and_a_onednn_cap():
+    from helpers.repro import cpu_isa
+    assert cpu_isa({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, cap="") == "AMX"
+    assert cpu_isa({"avx2", "avx512f", "avx512_bf16"}, cap="") == "AVX-512 BF16"
+    assert cpu_isa({"avx2", "avx512f"}, cap="") == "AVX-512"
+    assert cpu_isa({"avx2", "fma"}, cap="") == "AVX2"
+    assert cpu_isa({"neon"}, cap="") == ""
+    assert cpu_isa({"avx2", "avx512f", "avx512_bf16"}, cap="avx2") == "AVX-512 BF16, oneDNN capped at AVX2"
+    assert cpu_isa(set(), cap="AVX2") == "oneDNN capped at AVX2"
+    assert cpu_isa({"avx2"}, cap="ALL") == "AVX2"

@@ -47,3 +47,11 @@ def test_runs_difference_uses_the_spread_of_runs():
     assert not runs_difference([0.80, 0.70, 0.90], [0.79, 0.69, 0.89]).significant
     with pytest.raises(ValueError):
         paired_bootstrap(torch.ones(3), torch.ones(4))
+
+
+def test_direction_is_the_sign_of_a_significant_difference_else_zero():
+    assert Difference(0.012, 0.004, 0.020).direction == 1
+    assert Difference(-0.012, -0.020, -0.004).direction == -1
+    assert Difference(0.012, -0.001, 0.025).direction == 0      # a positive estimate, but within noise
+    assert Difference(-0.003, -0.010, 0.004).direction == 0
+    assert runs_difference([0.80, 0.70, 0.90], [0.79, 0.69, 0.89]).direction == 0
