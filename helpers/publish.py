@@ -24,7 +24,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from helpers._paths import atomic_write, project_root
 from helpers.colab import repository_url
@@ -382,18 +382,32 @@ def _within(total: float) -> str:
     return "within" if total <= WORKSHOP_TARGET_SECONDS else "over"
 
 
-def workshop_timing(ws: dict) -> str:
-    """The guide's timing table, from the committed workshop run's `timings.json` (`ws`)."""
-    precision = PRECISION_NAMES.get(ws["precision"], ws["precision"])
-    rows = [f"| notebook | `workshop`, {precision}, {_machine(ws['device_name'])} |", "|---|---|"]
-    rows += [f"| {name} | {seconds:,.0f} s |" for name, seconds in ws["seconds"].items()]
+def workshop_timing(ws: dict, others: Sequence[dict] = ()) -> str:
+    """The guide's timing table, from the committed workshop run's `timings.json` (`ws`), with one more
+    column per `others`: the `timings.json` of further cold runs of the same commit on other settings
+    (another precision or machine; committed beside it as `timings-<what>.json`, results not kept)."""
+    runs = [ws, *others]
+    for other in others:
+        if other["git_commit"] != ws["git_commit"] or other["preset"] != ws["preset"]:
+            raise PublishError(f"a second timing run must be of the committed run's commit {ws['git_commit']} and "
+                               f"preset {ws['preset']}; got {other['git_commit']}, {other['preset']}")
+        if list(other["seconds"]) != list(ws["seconds"]):
+            raise PublishError("a second timing run must cover the same notebooks as the committed run")
+    head = " | ".join(f"`workshop`, {PRECISION_NAMES.get(r['precision'], r['precision'])}, "
+                      f"{_machine(r['device_name'])}" for r in runs)
+    rows = [f"| notebook | {head} |", "|---" * (len(runs) + 1) + "|"]
+    rows += [f"| {name} | " + " | ".join(f"{r['seconds'][name]:,.0f} s" for r in runs) + " |" for name in ws["seconds"]]
+    rows.append("| **all, cold** | " + " | ".join(f"**{r['total_seconds']:,.0f} s ({r['total_seconds'] / 60:.1f} min)**"
+                                              for r in runs) + " |")
     total = ws["total_seconds"]
-    rows.append(f"| **all, cold** | **{total:,.0f} s ({total / 60:.1f} min)** |")
+    more = (" The other column" + ("s are" if len(others) > 1 else " is") + " another cold run of the same commit "
+            "with only the precision or machine changed; its results are not committed, its "
+            "`timings.json` is (`results/workshop/timings-*.json`).") if others else ""
     return (f"Measured cold (empty checkpoint and data caches, the `.venv` installed) with `make run`, which writes "
             f"`results/<preset>/timings.json`: the committed run (commit `{ws['git_commit']}`, torch {ws['torch']}, "
-            f"`HELPERS_PRECISION={ws['precision']}`), {_within(total)} the 12-minute target. "
-            "The sum is over the notebooks; the data check `make run` does first (decoding the images once, about "
-            "half a minute) comes before it. The `cpu` preset's committed run and its time are in the README "
+            f"`HELPERS_PRECISION={ws['precision']}`, first column), {_within(total)} the 12-minute target."
+            f"{more} The sum is over the notebooks; the data check `make run` does first (decoding the images once, "
+            "about half a minute) comes before it. The `cpu` preset's committed run and its time are in the README "
             "(\"How long it takes\").\n\n" + "\n".join(rows))
 
 
@@ -431,7 +445,8 @@ def render_guide(guide: str, readme: str, *, root: Path | None = None) -> tuple[
     folder = root / "results" / "workshop"
     timings = _load_json(folder, "timings")
     guide = _replace_between(guide, "lessons", workshop_lessons(folder, timings), root / "docs" / "workshop.md")
-    guide = _replace_between(guide, "timing", workshop_timing(timings), root / "docs" / "workshop.md")
+    others = [json.loads(path.read_text()) for path in sorted(folder.glob("timings-*.json"))]
+    guide = _replace_between(guide, "timing", workshop_timing(timings, others), root / "docs" / "workshop.md")
     rows = [line for line in readme.splitlines() if README_ROW_MARKER in line]
     if len(rows) != 1:
         raise PublishError(f"README.md should have one preset row marked {README_ROW_MARKER}; found {len(rows)}")

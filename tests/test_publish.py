@@ -107,3 +107,22 @@ def test_the_guide_refuses_a_file_without_its_generated_blocks():
         render_guide("# a guide without markers\n", (root / "README.md").read_text(), root=root)
     with pytest.raises(PublishError, match="one preset row marked"):
         render_guide((root / "docs" / "workshop.md").read_text(), "# no table\n", root=root)
+
+
+def test_the_timing_table_gains_a_column_per_second_run_of_the_same_commit():
+    from helpers.publish import PublishError, workshop_timing
+    base = {"preset": "workshop", "precision": "fp32", "device_name": "cpu (2 threads, AMD EPYC, AVX2)",
+            "torch": "2.14.1", "git_commit": "abc123", "seconds": {"01_a": 30.0, "02_b": 100.0},
+            "total_seconds": 130.0}
+    bf16 = dict(base, precision="bf16", device_name="cpu (2 threads, AMD EPYC, AVX-512 BF16)",
+                seconds={"01_a": 20.0, "02_b": 60.0}, total_seconds=80.0)
+    table = workshop_timing(base, [bf16])
+    assert "| notebook | `workshop`, float32, a CPU (2 threads, AMD EPYC, AVX2) | `workshop`, bfloat16, a CPU (2 threads, " \
+           "AMD EPYC, AVX-512 BF16) |" in table
+    assert "| 02_b | 100 s | 60 s |" in table and "**130 s (2.2 min)** | **80 s (1.3 min)**" in table
+    assert "The other column is another cold run of the same commit" in table
+    assert "other column" not in workshop_timing(base)
+    with pytest.raises(PublishError, match="commit abc123"):
+        workshop_timing(base, [dict(bf16, git_commit="def456")])
+    with pytest.raises(PublishError, match="same notebooks"):
+        workshop_timing(base, [dict(bf16, seconds={"01_a": 20.0})])
