@@ -56,3 +56,17 @@ def test_course_notebooks_are_the_numbered_ones_in_order():
     names = [p.name for p in runner.course_notebooks()]
     assert names == sorted(names) and len(names) >= 10
     assert all(n[:2].isdigit() and n[2] == "_" for n in names)
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="IPC transport is for Linux and macOS")
+def test_kernels_talk_over_ipc_sockets_that_are_removed_after(tmp_path, monkeypatch):
+    sockets = tmp_path / "tmp"
+    sockets.mkdir()
+    monkeypatch.setattr(runner.tempfile, "tempdir", str(sockets))
+    nb = _notebook(tmp_path / "01_ipc.ipynb",
+                   "import json, ipykernel.connect\n"
+                   "print(json.load(open(ipykernel.connect.get_connection_file()))['transport'])")
+    runner.run([nb], "smoke", tmp_path / "build")
+    executed = nbformat.read(str(tmp_path / "build" / "01_ipc.ipynb"), as_version=4)
+    assert executed.cells[0].outputs[0]["text"].strip() == "ipc"
+    assert not [p for p in sockets.iterdir() if p.name.startswith("nb-")]   # the socket folder is gone
