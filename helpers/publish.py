@@ -325,8 +325,8 @@ def workshop_lessons(folder: Path, timings: dict) -> str:
         f"aligned + REPAIR {_pct(ms['weight average, aligned + REPAIR'][0], 1)} ± "
         f"{_pct(ms['weight average, aligned + REPAIR'][1], 1)};",
         f"- student distilled from the ensemble ({kd['chosen']}) {_pct(chosen['mean'])} against "
-        f"{_pct(scratch['mean'])} from scratch (mean of {len(scratch['accuracy'])} seeds; lesson: at least as "
-        f"good) — {_shown(chosen['mean'] >= scratch['mean'])};",
+        f"{_pct(scratch['mean'])} from scratch (mean of {len(scratch['accuracy'])} seeds, {kd['gain_verdict']}; "
+        f"lesson: at least as good) — {_shown(chosen['mean'] >= scratch['mean'])};",
         f"- FedAvg with IID clients {_pct(fed['fedavg_final_accuracy']['IID'])} against {_pct(fed['joint_accuracy'])} "
         f"for the joint model ({fed['verdicts']['IID vs joint']}{_fedavg_runs(fed)}; lesson: within 4 points) "
         "and the one-shot "

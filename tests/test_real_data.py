@@ -84,8 +84,22 @@ def test_workshop_ensemble_beats_its_better_member():
 
 
 def test_workshop_student_of_the_ensemble_is_at_least_as_good_as_from_scratch():
+    """The lesson, or the issue's rule for a lesson this budget cannot show: the run says so with its numbers.
+    At the workshop budget distillation's effect is smaller than the scratch student's seed-to-seed spread
+    (runs on different hosts and precisions have put the distilled student's mean on either side of
+    scratch's), so a miss is accepted only when it is within noise (never worse beyond it) and both the
+    executed notebook and the instructor's guide state it."""
     kd = _workshop("06_knowledge_distillation")
-    assert kd["students"][kd["chosen"]]["mean"] >= kd["students"]["scratch"]["mean"]
+    chosen, scratch = kd["students"][kd["chosen"]]["mean"], kd["students"]["scratch"]["mean"]
+    if chosen >= scratch:
+        return
+    assert kd["gain_direction"] == 0, f"the distilled student is worse than scratch beyond noise: {kd['gain_verdict']}"
+    root = WORKSHOP.parents[1]
+    executed = (root / "docs" / "executed" / "workshop" / "06_knowledge_distillation.ipynb").read_text()
+    assert "not better than the scratch student" in executed, "notebook 06 must say the lesson is not shown"
+    guide_line = next(line for line in (root / "docs" / "workshop.md").read_text().splitlines()
+                      if line.startswith("- student distilled from the ensemble"))
+    assert guide_line.endswith("— **not shown**;") and f"{100 * chosen:.2f}%" in guide_line, guide_line
 
 
 def test_workshop_fedavg_reaches_the_joint_model_and_one_shot_collapses():
