@@ -62,8 +62,12 @@ def checkpoint_dir() -> Path:
 
 
 def checkpoint_path(name: str, config: Any, directory: str | os.PathLike | None = None) -> Path:
+    """`<folder>/<name>-<hash of config>.pt`, the readable `name` reduced to letters, digits, '.', '_'
+    and '-' (anything else becomes '-'): a file name every file system, shell and archive accepts
+    ("owners' ensemble" -> "owners--ensemble")."""
     folder = Path(directory) if directory is not None else checkpoint_dir()
-    return folder / f"{name}-{config_hash(config)}.pt"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("-.") or "checkpoint"
+    return folder / f"{safe}-{config_hash(config)}.pt"
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any, history: History | None = None) -> Path:
@@ -148,8 +152,12 @@ def export_archive(archive: str | os.PathLike, *, preset: str | None = None,
     """Write the cached checkpoints (those of `preset` only, if given) to a `.tar.gz` at `archive`
     with a manifest of SHA-256 sums; returns the names exported. Written atomically."""
     folder = Path(directory) if directory is not None else checkpoint_dir()
-    files = sorted(p for p in folder.glob("*.pt") if _MEMBER.match(p.name)
-                   and (preset is None or p.name.startswith(f"{preset}-")))
+    files = sorted(p for p in folder.glob("*.pt") if preset is None or p.name.startswith(f"{preset}-"))
+    unfit = [p.name for p in files if not _MEMBER.match(p.name)]
+    if unfit:   # import would refuse them: say so now rather than leave them out and retrain them later
+        raise ArchiveError(f"{', '.join(repr(n) for n in unfit)} in {folder}: an archive member's name may hold only "
+                           "letters, digits, '.', '_' and '-'; rename or delete the file (caches written by "
+                           "this version name their files that way) and export again")
     if not files:
         raise FileNotFoundError(f"no checkpoints{f' of preset {preset!r}' if preset else ''} in {folder} to export")
     manifest = {"format": ARCHIVE_FORMAT, "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}}

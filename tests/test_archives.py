@@ -93,3 +93,23 @@ def test_command_line_reports_a_refusal_without_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "helpers.checkpoints", "import", str(archive)],
                          capture_output=True, text=True)
     assert run.returncode == 1 and "../evil.pt" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_readable_name_with_quotes_and_spaces_gets_a_file_name_the_archive_takes(tmp_path):
+    """Notebook 09's distilled student is named after its teacher, "owners' ensemble": its file once kept
+    the quote and the space, export left it out without a word, and every participant retrained it."""
+    from helpers.checkpoints import checkpoint_path, train_or_load
+    path = checkpoint_path("smoke-kd-course-owners' ensemble-kl-s0", {"seed": 0}, tmp_path)
+    assert checkpoints._MEMBER.match(path.name) and path.name.startswith("smoke-kd-course-owners--ensemble-kl-s0-")
+    assert checkpoint_path("../a b", {"seed": 0}, tmp_path).parent == tmp_path   # no way out of the folder
+    train_or_load("smoke-kd-course-owners' ensemble-kl-s0", {"seed": 0}, lambda: student_cnn(0.5),
+                  lambda model: History(), directory=tmp_path / "cache", verbose=False)
+    names = export_archive(tmp_path / "a.tar.gz", preset="smoke", directory=tmp_path / "cache")
+    assert names == [path.name]
+
+
+def test_export_refuses_a_file_import_would_refuse_naming_it_and_writes_nothing(tmp_path):
+    src = _cache(tmp_path / "src", names=("smoke-joint-abc.pt", "smoke-odd name.pt"))
+    with pytest.raises(ArchiveError, match="'smoke-odd name.pt'"):
+        export_archive(tmp_path / "smoke.tar.gz", preset="smoke", directory=src)
+    assert not (tmp_path / "smoke.tar.gz").exists()
