@@ -31,6 +31,18 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo (Linux), stripped; None where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def cpu_isa(flags: set[str] | None = None, cap: str | None = None) -> str:
     """The widest vector instructions oneDNN can use here, as a reader compares machines by them:
     'AMX', 'AVX-512 BF16', 'AVX-512', 'AVX2' or '' (unknown), plus ', oneDNN capped at X' where
@@ -38,15 +50,7 @@ def cpu_isa(flags: set[str] | None = None, cap: str | None = None) -> str:
     bfloat16 units, and fp32 convolutions differ by up to 2x between them. `flags`/`cap`: for tests
     (default: /proc/cpuinfo and the environment)."""
     if flags is None:
-        flags = set()
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("flags"):
-                        flags = set(line.split(":", 1)[1].split())
-                        break
-        except OSError:
-            pass
+        flags = set((_cpuinfo("flags") or "").split())
     isa = next((name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"),
                                         ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "")
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "") if cap is None else cap
@@ -62,15 +66,7 @@ def device_name(device: torch.device | str) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        cpu = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
+        cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
         isa = cpu_isa()
         return f"cpu ({torch.get_num_threads()} threads, {cpu}{', ' + isa if isa else ''})"
     return str(device)

@@ -49,19 +49,19 @@ def execute_notebook(path: Path, out_dir: Path) -> float:
     start = time.perf_counter()
     nb = nbformat.read(path, as_version=4)
     sockets = tempfile.mkdtemp(prefix="nb-") if os.name == "posix" else None
-    kwargs = {}
+    km = None   # elsewhere nbclient starts its own (TCP) kernel
     if sockets:   # IPC transport: socket files in a private folder (short path: sockets allow ~100 characters)
         from jupyter_client.manager import KernelManager
         kernel_name = nb.metadata.get("kernelspec", {}).get("name") or "python3"
-        kwargs["km"] = KernelManager(kernel_name=kernel_name, transport="ipc", ip=os.path.join(sockets, "kernel"))
-    client = NotebookClient(nb, timeout=None, resources={"metadata": {"path": str(path.parent)}}, **kwargs)
+        km = KernelManager(kernel_name=kernel_name, transport="ipc", ip=os.path.join(sockets, "kernel"))
+    client = NotebookClient(nb, km=km, timeout=None, resources={"metadata": {"path": str(path.parent)}})
     try:
         client.execute()
     finally:
         atomic_write(out_dir / path.name, lambda tmp: nbformat.write(nb, str(tmp)))
-        if sockets:   # nbclient shuts down only kernels it started itself
-            if kwargs["km"].has_kernel:
-                kwargs["km"].shutdown_kernel(now=False)
+        if km is not None and km.has_kernel:   # nbclient shuts down only kernels it started itself
+            km.shutdown_kernel(now=False)
+        if sockets:
             shutil.rmtree(sockets, ignore_errors=True)
     return time.perf_counter() - start
 
