@@ -45,11 +45,13 @@ test: $(VENV)/.installed-dev
 	  if [ -n "$$missing" ]; then echo "notebooks that wrote no results/smoke/*.json:$$missing"; exit 1; fi; \
 	  echo "every notebook wrote its results file (smoke)"
 
-# After `make run`: copy the executed notebooks to docs/executed/<preset>/ (cleaned, checked, committed).
+# After `make run`: copy the executed notebooks to docs/executed/<preset>/ (cleaned, checked, committed);
+# for workshop and cpu also rewrite the guide's and README's generated parts from results/<preset>/.
 publish: $(VENV)/.installed-notebooks
 	@preset=$$($(PY) -c "from helpers.presets import get_preset; print(get_preset().name)"); \
 	$(PY) -m helpers.publish executed $$preset && \
-	if [ "$$preset" = workshop ]; then $(PY) -m helpers.publish guide; fi
+	if [ "$$preset" = workshop ] || [ "$$preset" = cpu ]; then $(PY) -m helpers.publish guide; fi && \
+	if [ "$$preset" = cpu ]; then $(PY) -m helpers.publish readme; fi
 
 # The static course in build/site/, from the committed executed notebooks (nothing is re-executed).
 site: $(VENV)/.installed-site

@@ -10,6 +10,9 @@ reader can open without running anything:
 - `python -m helpers.publish guide`: rewrite the instructor's guide's generated blocks (what the
   committed workshop run shows, its timing table) and the README's workshop row from
   `results/workshop/`, so no number there is typed by hand.
+- `python -m helpers.publish readme`: rewrite the README's cpu results section (the trade-off table,
+  the calibration sentence, the chart and "How long it takes") from `results/cpu/`, refusing results
+  that do not all come from the run its `timings.json` describes.
 - `python -m helpers.publish site-src [--preset P]`: write `build/site-src/` for MkDocs (`make site`):
   a front page (what the course teaches, the trade-off chart, the notebooks with one line each, the
   two commands), the executed notebooks and the instructor's guide.
@@ -382,23 +385,39 @@ def _within(total: float) -> str:
     return "within" if total <= WORKSHOP_TARGET_SECONDS else "over"
 
 
+def _column(r: dict) -> str:
+    head = (f"`{r['preset']}`, {PRECISION_NAMES.get(r['precision'], r['precision'])}, {_machine(r['device_name'])}")
+    if r.get("label"):
+        head += f", {r['label']}"
+    return head
+
+
+def _timing_rows(runs: Sequence[dict]) -> list[str]:
+    """A Markdown table, one column per `timings.json` in `runs` (all over the same notebooks)."""
+    for other in runs[1:]:
+        if list(other["seconds"]) != list(runs[0]["seconds"]):
+            raise PublishError("timing runs side by side must cover the same notebooks")
+    rows = [f"| notebook | {' | '.join(_column(r) for r in runs)} |", "|---" * (len(runs) + 1) + "|"]
+    rows += [f"| {name} | " + " | ".join(f"{r['seconds'][name]:,.0f} s" for r in runs) + " |"
+             for name in runs[0]["seconds"]]
+    total = "| **all, cold** |" if not any(r.get("label") for r in runs) else "| **all** |"
+    rows.append(total + " " + " | ".join(f"**{r['total_seconds']:,.0f} s ({r['total_seconds'] / 60:.1f} min)**"
+                                         for r in runs) + " |")
+    if any("checkpoints_written" in r for r in runs):
+        rows.append("| checkpoints written | " + " | ".join(
+            str(r["checkpoints_written"]) if "checkpoints_written" in r else "—" for r in runs) + " |")
+    return rows
+
+
 def workshop_timing(ws: dict, others: Sequence[dict] = ()) -> str:
     """The guide's timing table, from the committed workshop run's `timings.json` (`ws`), with one more
     column per `others`: the `timings.json` of further cold runs of the same commit on other settings
     (another precision or machine; committed beside it as `timings-<what>.json`, results not kept)."""
-    runs = [ws, *others]
     for other in others:
         if other["git_commit"] != ws["git_commit"] or other["preset"] != ws["preset"]:
             raise PublishError(f"a second timing run must be of the committed run's commit {ws['git_commit']} and "
                                f"preset {ws['preset']}; got {other['git_commit']}, {other['preset']}")
-        if list(other["seconds"]) != list(ws["seconds"]):
-            raise PublishError("a second timing run must cover the same notebooks as the committed run")
-    head = " | ".join(f"`workshop`, {PRECISION_NAMES.get(r['precision'], r['precision'])}, "
-                      f"{_machine(r['device_name'])}" for r in runs)
-    rows = [f"| notebook | {head} |", "|---" * (len(runs) + 1) + "|"]
-    rows += [f"| {name} | " + " | ".join(f"{r['seconds'][name]:,.0f} s" for r in runs) + " |" for name in ws["seconds"]]
-    rows.append("| **all, cold** | " + " | ".join(f"**{r['total_seconds']:,.0f} s ({r['total_seconds'] / 60:.1f} min)**"
-                                              for r in runs) + " |")
+    rows = _timing_rows([ws, *others])
     total = ws["total_seconds"]
     more = (" The other column" + ("s are" if len(others) > 1 else " is") + " another cold run of the same commit "
             "with only the precision or machine changed; its results are not committed, its "
@@ -407,8 +426,49 @@ def workshop_timing(ws: dict, others: Sequence[dict] = ()) -> str:
             f"`results/<preset>/timings.json`: the committed run (commit `{ws['git_commit']}`, torch {ws['torch']}, "
             f"`HELPERS_PRECISION={ws['precision']}`, first column), {_within(total)} the 12-minute target."
             f"{more} The sum is over the notebooks; the data check `make run` does first (decoding the images once, "
-            "about half a minute) comes before it. The `cpu` preset's committed run and its time are in the README "
-            "(\"How long it takes\").\n\n" + "\n".join(rows))
+            "about half a minute) comes before it.\n\n" + "\n".join(rows))
+
+
+CPU_TARGET_SECONDS = 2700              # the cpu preset's budget: the whole course cold in 45 minutes
+
+
+def _cpu_runs(folder: Path) -> tuple[dict, list[dict]]:
+    """`results/cpu/timings.json` (the committed run) and the `timings-*.json` beside it (other runs:
+    another precision, or a warm run from an imported checkpoint archive), each checked."""
+    cold = _load_json(folder, "timings")
+    others = []
+    for path in sorted(folder.glob("timings-*.json")):
+        other = json.loads(path.read_text())
+        if other["preset"] != cold["preset"] or list(other["seconds"]) != list(cold["seconds"]):
+            raise PublishError(f"{path} is not a run of the same preset and notebooks as {folder}/timings.json")
+        if not other.get("label") and other["git_commit"] != cold["git_commit"]:
+            raise PublishError(f"{path}: a second cold run must be of the committed run's commit "
+                               f"{cold['git_commit']}, not {other['git_commit']} (or say what it is in 'label')")
+        others.append(other)
+    return cold, others
+
+
+def cpu_timing(folder: Path) -> str:
+    """The guide's table for the `cpu` preset: the committed cold run and any other runs beside it."""
+    cold, others = _cpu_runs(folder)
+    measured = {cold["precision"], *(o["precision"] for o in others if not o.get("label"))}
+    missing = [PRECISION_NAMES[p] for p in ("bf16", "fp32") if p not in measured]
+    total = cold["total_seconds"]
+    text = (f"The `cpu` preset (the committed results in [`results/cpu/`](../results/cpu/)): one cold run of commit "
+            f"`{cold['git_commit']}` in {PRECISION_NAMES.get(cold['precision'], cold['precision'])}, "
+            f"{total:,.0f} s ({total / 60:.1f} min), {_within_cpu(total)} the course's 45-minute budget.")
+    for other in others:
+        if other.get("label"):
+            text += (f" The column \"{other['label']}\" is a run of commit `{other['git_commit']}` with the same "
+                     f"preset ({other['total_seconds']:,.0f} s in all).")
+    if missing:
+        text += (f" Not measured for this preset: a whole run in {' or '.join(missing)} (the `workshop` preset is "
+                 "the one sized for machines without bfloat16 units).")
+    return text + "\n\n" + "\n".join(_timing_rows([cold, *others]))
+
+
+def _within_cpu(total: float) -> str:
+    return "within" if total <= CPU_TARGET_SECONDS else "over"
 
 
 def _machine(device_name: str) -> str:
@@ -446,7 +506,10 @@ def render_guide(guide: str, readme: str, *, root: Path | None = None) -> tuple[
     timings = _load_json(folder, "timings")
     guide = _replace_between(guide, "lessons", workshop_lessons(folder, timings), root / "docs" / "workshop.md")
     others = [json.loads(path.read_text()) for path in sorted(folder.glob("timings-*.json"))]
-    guide = _replace_between(guide, "timing", workshop_timing(timings, others), root / "docs" / "workshop.md")
+    timing = workshop_timing(timings, others)
+    if (root / "results" / "cpu" / "timings.json").is_file():
+        timing += "\n\n" + cpu_timing(root / "results" / "cpu")
+    guide = _replace_between(guide, "timing", timing, root / "docs" / "workshop.md")
     rows = [line for line in readme.splitlines() if README_ROW_MARKER in line]
     if len(rows) != 1:
         raise PublishError(f"README.md should have one preset row marked {README_ROW_MARKER}; found {len(rows)}")
@@ -465,6 +528,105 @@ def write_guide(root: Path | None = None) -> list[Path]:
     return paths
 
 
+# ----------------------------------------------------------------------------------------------
+# The README's cpu results, written from the committed cpu run
+
+CPU_MARKERS = ("<!-- generated: cpu results (python -m helpers.publish readme; do not edit by hand) -->",
+               "<!-- end generated: cpu results -->")
+
+
+def _accuracy_after_scaling(block: dict) -> str:
+    before, after = block["before"]["accuracy"], block["after"]["accuracy"]
+    return "accuracy unchanged" if before == after else f"accuracy {_pct(before)} → {_pct(after)}"
+
+
+def _confidence(ens: dict, one: dict) -> str:
+    """Why the ensemble is miscalibrated, as the fitted temperatures show it (T < 1 sharpens: under-confident)."""
+    if ens["temperature"] < 1 and one["temperature"] < 1:
+        worse = " and averaging lowers confidence further" if ens["temperature"] < one["temperature"] else ""
+        return (f": both fitted temperatures are below 1, so the (label-smoothed) models are under-confident"
+                f"{worse}")
+    return ""
+
+
+def cpu_results_section(folder: Path) -> str:
+    """The README's results section body, from the committed cpu run in `folder` (`results/cpu/`):
+    what ran where, the trade-off table (`results/cpu/summary.md`'s), the calibration sentence, the
+    chart and the run's time. Refuses a folder whose results files come from more than one commit, or
+    from another commit than its `timings.json`."""
+    from helpers.results import tradeoff_markdown
+
+    timings = _load_json(folder, "timings")
+    stems = list(timings["seconds"])
+    blobs = {stem: _load_json(folder, stem) for stem in stems}
+    commits = {stem: blob["provenance"]["git_commit"] for stem, blob in blobs.items()}
+    wrong = {stem: c for stem, c in commits.items() if c != timings["git_commit"]}
+    if wrong:
+        raise PublishError(f"{folder}: results from another commit than the timed run's {timings['git_commit']}: "
+                           + ", ".join(f"{stem} {c}" for stem, c in wrong.items()))
+    last = stems[-1]
+    rows = blobs[last]["results"]["rows"]
+    prov = blobs[last]["provenance"]
+    source = "the JPEG copy, see \"Data\" below" if "jpg" in prov["data_source"].lower() else prov["data_source"]
+    precision = PRECISION_NAMES.get(timings["precision"], timings["precision"])
+    scaled = blobs["05_prediction_ensembling"]["results"]["temperature_scaling"]
+    ens = scaled["ensemble of 2"]
+    one = scaled["model A"]
+    total = timings["total_seconds"]
+    per_nb = ", ".join(f"{stem[:2]} — {sec:,.0f} s" for stem, sec in timings["seconds"].items())
+    return f"""Measured by the notebooks with the `cpu` preset on CIFAR-10 ({source}) on {_machine(timings['device_name'])},
+no GPU, in {precision}: one cold `make run` of commit `{timings['git_commit']}` on {timings['date'][:10]}, whose
+results files, figures and executed notebooks ([`docs/executed/cpu/`](docs/executed/cpu/)) are committed
+together in [`results/cpu/`](results/cpu/). The table is [`results/cpu/summary.md`](results/cpu/summary.md),
+written by `{last}` from the JSON files beside it; this section is written from those files by
+`python -m helpers.publish readme` (a test fails if they differ). Every row is a mean over runs where the
+spread column gives ± (the standard deviation) and their number; Δ columns compare means.
+
+<!-- results:start -->
+{tradeoff_markdown(rows).rstrip()}
+<!-- results:end -->
+
+Calibration (notebook 05, `temperature_scaling`): the independent pair's ensemble has an ECE of
+{ens['before']['ece']:.3f} and an NLL of {ens['before']['nll']:.3f} on the test set, a single member
+{one['before']['ece']:.3f} and {one['before']['nll']:.3f}{_confidence(ens, one)}. One temperature fitted on the
+validation split fixes it: T =
+{ens['temperature']:.2f} gives the ensemble ECE {ens['after']['ece']:.3f} and NLL {ens['after']['nll']:.3f}
+({_accuracy_after_scaling(ens)}); T = {one['temperature']:.2f} gives the single model ECE
+{one['after']['ece']:.3f} and NLL {one['after']['nll']:.3f}.
+
+![accuracy against inference cost, every method](results/cpu/{last}.png)
+
+**How long it takes.** That run, from an empty checkpoint cache and an empty data cache (the `.venv`
+already installed), took **{total:,.0f} s ({total / 60:.1f} minutes)** for the {len(stems)} notebooks
+({precision}, {_machine(timings['device_name'])}), {_within_cpu(total)} the 45-minute budget: {per_nb}
+(`results/cpu/timings.json`; the data check before them decodes the images once, about half a minute).
+With a warm cache a second `make run` retrains nothing; the [instructor's guide](docs/workshop.md#timing)
+has the per-notebook times of every measured run side by side. The 45-minute budget relies on bfloat16:
+a CPU without bf16 units trains in float32, several times slower (see "Training speed")."""
+
+
+def render_readme(readme: str, *, root: Path | None = None) -> str:
+    """The README with its cpu results section (between `CPU_MARKERS`) rewritten from `results/cpu/`,
+    and the commit of "one cold `cpu` run of commit `...`" set to the run's."""
+    root = root or project_root()
+    folder = root / "results" / "cpu"
+    start, end = CPU_MARKERS
+    if start not in readme or end not in readme:
+        raise PublishError(f"README.md has no '{start}' ... '{end}' block to fill")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme = f"{head}{start}\n{cpu_results_section(folder)}\n{end}{tail}"
+    commit = _load_json(folder, "timings")["git_commit"]
+    return re.sub(r"(one cold `cpu` run of commit\s+)`[0-9a-z+]+`", lambda m: m.group(1) + f"`{commit}`", readme)
+
+
+def write_readme(root: Path | None = None) -> Path:
+    root = root or project_root()
+    path = root / "README.md"
+    text = render_readme(path.read_text(), root=root)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helpers.publish")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -474,11 +636,14 @@ def main(argv: list[str] | None = None) -> None:
     site.add_argument("--preset", default=None)
     sub.add_parser("guide", help="rewrite docs/workshop.md's generated blocks and README.md's workshop row "
                                  "from results/workshop/")
+    sub.add_parser("readme", help="rewrite README.md's cpu results section from results/cpu/")
     args = parser.parse_args(argv)
     try:
         if args.command == "executed":
             for path in publish_executed(args.preset):
                 print(f"wrote {path.relative_to(project_root())} ({path.stat().st_size // 1024} kB)")
+        elif args.command == "readme":
+            print(f"wrote {write_readme().relative_to(project_root())}")
         elif args.command == "guide":
             for path in write_guide():
                 print(f"wrote {path.relative_to(project_root())}")

@@ -290,9 +290,12 @@ def one_run_notes(rows: Sequence[Mapping]) -> str:
 # Timings of a `make run`
 
 
-def save_timings(preset: str, seconds: Mapping[str, float]) -> Path:
-    """Write `results/<preset>/timings.json`: seconds per notebook (in run order), their total, and
-    what they ran on (preset, precision, device and CPU/GPU model, torch version, git commit, date)."""
+def save_timings(preset: str, seconds: Mapping[str, float], *, checkpoints_written: int | None = None,
+                 label: str | None = None, name: str = "timings.json") -> Path:
+    """Write `results/<preset>/<name>`: seconds per notebook (in run order), their total, and what they
+    ran on (preset, precision, device and CPU/GPU model, torch version, git commit, date); optionally how
+    many checkpoints the run wrote (0: every model came from the cache) and a `label` saying what kind
+    of run it was (for instance "warm, from an imported checkpoint archive")."""
     device = pick_device()
     env = environment(device)
     blob = {"preset": preset, "precision": resolve_precision(get_preset(preset).train.precision, device),
@@ -300,8 +303,12 @@ def save_timings(preset: str, seconds: Mapping[str, float]) -> Path:
             "git_commit": env["git_commit"], "date": env["date"],
             "seconds": {name: float(s) for name, s in seconds.items()},
             "total_seconds": float(sum(seconds.values()))}
+    if checkpoints_written is not None:
+        blob["checkpoints_written"] = int(checkpoints_written)
+    if label:
+        blob["label"] = label
     _check_plain(blob)
-    return save_text("timings.json", json.dumps(blob, indent=2) + "\n", preset=preset)
+    return save_text(name, json.dumps(blob, indent=2) + "\n", preset=preset)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

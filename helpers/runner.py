@@ -4,7 +4,10 @@ Each notebook runs in a fresh Jupyter kernel through `nbclient` (the library `ju
 --execute` uses), with its own folder as the working directory. The executed copy goes to
 `build/<preset>/<name>.ipynb` (written atomically: an interrupted run leaves the previous file or
 none, never half of one), each notebook's wall time is printed as it finishes, and after the last
-one `results/<preset>/timings.json` is written (`helpers.results.save_timings`).
+one `results/<preset>/timings.json` is written (`helpers.results.save_timings`). The runner also
+counts the checkpoints each notebook writes into the checkpoint cache (`helpers.checkpoints.checkpoint_dir`):
+a run from a complete cache (for instance one imported with `python -m helpers.checkpoints import`)
+says "0 checkpoint(s) written", i.e. no model was retrained.
 
 One process for all notebooks instead of one `jupyter nbconvert` per notebook saves about 4 s per
 notebook on a 2-core laptop CPU: nbconvert's own start (importing its exporters and templates) is
@@ -15,6 +18,7 @@ ports on localhost (so no port is opened, and ipykernel has no unencrypted-TCP w
 Usage (from the project root; the preset comes from `HELPERS_PRESET`, see `helpers.presets`):
     .venv/bin/python -m helpers.runner                      # every notebooks/NN_*.ipynb
     .venv/bin/python -m helpers.runner notebooks/03_weight_averaging.ipynb   # some of them (no timings.json)
+    .venv/bin/python -m helpers.runner --label "warm, from an imported archive"   # timings-warm.json
 """
 
 from __future__ import annotations
@@ -66,8 +70,26 @@ def execute_notebook(path: Path, out_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def run(notebooks: Sequence[Path], preset: str, out_dir: Path) -> dict[str, float]:
-    """Execute `notebooks` in order; returns {stem: seconds}. Stops at the first failing notebook."""
+def _cache_state(directory: Path) -> dict[str, tuple[int, int]]:
+    """{file name: (size, mtime in ns)} of the checkpoints (`*.pt`) in `directory` (empty if it does not exist)."""
+    if not directory.is_dir():
+        return {}
+    return {p.name: (st.st_size, st.st_mtime_ns) for p in directory.glob("*.pt") for st in [p.stat()]}
+
+
+def written_checkpoints(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    """Checkpoints new or rewritten between two `_cache_state`s: the models a run trained rather than loaded."""
+    return sorted(name for name, state in after.items() if before.get(name) != state)
+
+
+def run(notebooks: Sequence[Path], preset: str, out_dir: Path, *, cache: Path | None = None,
+        written: dict[str, list[str]] | None = None) -> dict[str, float]:
+    """Execute `notebooks` in order; returns {stem: seconds}. Stops at the first failing notebook.
+    After each one, prints its seconds and how many checkpoints it wrote into `cache` (default:
+    `helpers.checkpoints.checkpoint_dir()`); `written`, if given, receives {stem: their file names}."""
+    from helpers.checkpoints import checkpoint_dir
+
+    cache = cache or checkpoint_dir()
     missing = [str(p) for p in notebooks if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"no such notebook: {', '.join(missing)}")
@@ -75,9 +97,19 @@ def run(notebooks: Sequence[Path], preset: str, out_dir: Path) -> dict[str, floa
     for path in notebooks:
         path = Path(path)
         print(f"== {path.stem} ({preset})", flush=True)
+        before = _cache_state(cache)
         seconds[path.stem] = round(execute_notebook(path, out_dir), 1)
-        print(f"   {seconds[path.stem]:.1f} s", flush=True)
+        new = written_checkpoints(before, _cache_state(cache))
+        if written is not None:
+            written[path.stem] = new
+        print(f"   {seconds[path.stem]:.1f} s, {len(new)} checkpoint(s) written", flush=True)
     return seconds
+
+
+def _slug(label: str) -> str:
+    """The first word of `label`, lower case, letters and digits only: 'Warm, from …' -> 'warm'."""
+    word = "".join(c for c in label.split()[0].lower() if c.isalnum()) if label.split() else ""
+    return word or "other"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,13 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="notebooks to run, in this order (default: every notebooks/NN_*.ipynb; "
                              "timings.json is written only for the full course)")
     parser.add_argument("--out-dir", type=Path, help="where executed copies go (default: build/<preset>)")
+    parser.add_argument("--label", help="what kind of run this is, stored in the timings file (for instance "
+                                        "'warm, from an imported checkpoint archive'); the file is then "
+                                        "results/<preset>/timings-<label's first word>.json, not timings.json")
     args = parser.parse_args(argv)
     preset = get_preset().name
     notebooks = args.notebooks or course_notebooks()
     out_dir = args.out_dir or project_root() / "build" / preset
     start = time.perf_counter()
+    written: dict[str, list[str]] = {}
     try:
-        seconds = run(notebooks, preset, out_dir)
+        seconds = run(notebooks, preset, out_dir, written=written)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -100,9 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nmake run stopped: {type(err).__name__}: {err}\n"
               f"the partly executed notebook is in {out_dir}/", file=sys.stderr)
         return 1
+    total = sum(len(v) for v in written.values())
     if not args.notebooks:
-        print(f"wrote {save_timings(preset, seconds)}")
+        name = "timings.json" if not args.label else f"timings-{_slug(args.label)}.json"
+        print(f"wrote {save_timings(preset, seconds, checkpoints_written=total, label=args.label, name=name)}")
     print(f"{len(seconds)} notebooks ({preset}) in {time.perf_counter() - start:.0f} s; results in results/{preset}/")
+    from helpers.checkpoints import checkpoint_dir
+    print(f"checkpoint cache {checkpoint_dir()}: {total} checkpoint(s) written by this run"
+          + (" (no cached model was retrained)" if total == 0 else ""))
     return 0
 
 

@@ -9,13 +9,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "cpu"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# Notebooks added (or renumbered) since the last cpu run: they have real results from the `workshop`
-# preset only, and the README says so. The list cannot go stale: a notebook listed here that gains
-# cpu results fails `test_pending_list_is_current` until it is taken off.
-CPU_PENDING = ("08_soups_and_merging", "09_model_fusion", "10_tradeoffs")
-# The cpu run's trade-off notebook, under the number it had then (now 10_tradeoffs).
-CPU_TRADEOFFS = "08_tradeoffs"
-
+# Notebooks added (or renumbered) since the last cpu run: they would have real results from the
+# `workshop` preset only, and the README would say so. Empty since the ten-notebook cpu run. The list
+# cannot go stale: a notebook listed here that gains cpu results fails `test_pending_list_is_current`.
+CPU_PENDING: tuple[str, ...] = ()
+# The cpu run's trade-off notebook.
+CPU_TRADEOFFS = NOTEBOOKS[-1].stem
 
 def _check_real(path, preset, stem):
     assert path.exists(), f"{path.relative_to(ROOT)} is missing: run HELPERS_PRESET={preset} make run and commit it"
@@ -65,3 +64,37 @@ def test_readme_shows_the_generated_table():
     assert block, "README.md lacks the results block"
     assert _table_rows(block.group(1)) == _table_rows((RESULTS / "summary.md").read_text()), \
         "README's results table differs from results/cpu/summary.md: copy it again"
+
+
+def _figure_names(notebook: Path) -> set[str]:
+    """The figure names a notebook saves (`save_figure(fig, "NAME"`), read from its source."""
+    return set(re.findall(r'save_figure\(\w+, \\?"([\w.-]+)\\?"', notebook.read_text()))
+
+
+def test_the_cpu_results_are_one_clean_run_and_nothing_else():
+    """Every results file of results/cpu/ comes from the one run its timings.json describes (same
+    commit, no "+dirty"), and nothing else is there: no file of a renamed notebook or an older run."""
+    timings = json.loads((RESULTS / "timings.json").read_text())
+    assert "dirty" not in timings["git_commit"]
+    assert list(timings["seconds"]) == [nb.stem for nb in NOTEBOOKS], "timings.json is not of the whole course"
+    figures = set().union(*(_figure_names(nb) for nb in NOTEBOOKS))
+    expected = {f"{nb.stem}.json" for nb in NOTEBOOKS} | {f"{name}.png" for name in figures} | {"summary.md"}
+    for path in sorted(RESULTS.iterdir()):
+        if path.name.startswith("timings"):
+            continue
+        assert path.name in expected, f"results/cpu/{path.name} is not written by any current notebook"
+        if path.suffix == ".json":
+            commit = json.loads(path.read_text())["provenance"]["git_commit"]
+            assert commit == timings["git_commit"], \
+                f"results/cpu/{path.name} is from commit {commit}, the timed run from {timings['git_commit']}"
+
+
+def test_every_cpu_tradeoff_row_has_runs_or_says_why_not():
+    """Issue 15's target: each row of the committed cpu trade-off table is a mean over >= 3 runs with
+    its std, or carries a one-line reason why it is a single run."""
+    rows = json.loads((RESULTS / f"{CPU_TRADEOFFS}.json").read_text())["results"]["rows"]
+    for row in rows:
+        if row["n_runs"] >= 3:
+            assert row["accuracy_std"] > 0, f"{row['method']}: {row['n_runs']} runs but no spread"
+        else:
+            assert row.get("why_one_run"), f"{row['method']}: {row['n_runs']} run(s) and no reason given"

@@ -126,3 +126,61 @@ def test_the_timing_table_gains_a_column_per_second_run_of_the_same_commit():
         workshop_timing(base, [dict(bf16, git_commit="def456")])
     with pytest.raises(PublishError, match="same notebooks"):
         workshop_timing(base, [dict(bf16, seconds={"01_a": 20.0})])
+
+
+def test_the_readme_results_say_what_the_committed_cpu_run_says():
+    """README.md's cpu results section (table, calibration, chart, time) equals what `python -m
+    helpers.publish readme` writes from results/cpu/: no number there is typed by hand or stale."""
+    from helpers.publish import render_readme
+    root = project_root()
+    readme = (root / "README.md").read_text()
+    assert render_readme(readme, root=root) == readme, "README.md is stale: run `python -m helpers.publish readme`"
+
+
+def _cpu_copy(tmp_path):
+    import shutil
+    root = project_root()
+    shutil.copytree(root / "results" / "cpu", tmp_path / "results" / "cpu")
+    return root, tmp_path / "results" / "cpu"
+
+
+def test_the_readme_results_follow_the_run_and_refuse_another_commit(tmp_path):
+    from helpers.publish import render_readme
+    root, folder = _cpu_copy(tmp_path)
+    readme = (root / "README.md").read_text()
+    path = folder / "05_prediction_ensembling.json"
+    blob = json.loads(path.read_text())
+    blob["results"]["temperature_scaling"]["ensemble of 2"]["temperature"] = 3.25
+    path.write_text(json.dumps(blob))
+    new = render_readme(readme, root=tmp_path)
+    assert "T =\n3.25" in new or "T = 3.25" in new.replace("\n", " ")
+    assert "under-confident" not in new     # the sentence follows the fitted temperature, not a fixed story
+    blob["provenance"]["git_commit"] = "0123456789ab"
+    path.write_text(json.dumps(blob))
+    with pytest.raises(PublishError, match="05_prediction_ensembling 0123456789ab"):
+        render_readme(readme, root=tmp_path)
+    with pytest.raises(PublishError, match="no '<!-- generated: cpu results"):
+        render_readme("# a README without the block\n", root=tmp_path)
+
+
+def test_the_cpu_timing_table_shows_cold_and_labelled_runs(tmp_path):
+    from helpers.publish import cpu_timing
+    base = {"preset": "cpu", "precision": "bf16", "device_name": "cpu (2 threads, Intel Xeon, AMX)",
+            "torch": "2.14.1", "git_commit": "abc123", "seconds": {"01_a": 300.0, "02_b": 2500.0},
+            "total_seconds": 2800.0, "checkpoints_written": 40}
+    warm = dict(base, git_commit="def456", seconds={"01_a": 20.0, "02_b": 40.0}, total_seconds=60.0,
+                checkpoints_written=0, label="warm, from an imported archive")
+    (tmp_path / "timings.json").write_text(json.dumps(base))
+    text = cpu_timing(tmp_path)
+    assert "2,800 s (46.7 min), over the course's 45-minute budget" in text
+    assert "Not measured for this preset: a whole run in float32" in text
+    (tmp_path / "timings-warm.json").write_text(json.dumps(warm))
+    text = cpu_timing(tmp_path)
+    assert "| 02_b | 2,500 s | 40 s |" in text and "| checkpoints written | 40 | 0 |" in text
+    assert 'The column "warm, from an imported archive" is a run of commit `def456`' in text
+    (tmp_path / "timings-warm.json").write_text(json.dumps(dict(warm, label=None)))
+    with pytest.raises(PublishError, match="commit abc123, not def456"):
+        cpu_timing(tmp_path)
+    (tmp_path / "timings-warm.json").write_text(json.dumps(dict(warm, seconds={"01_a": 1.0})))
+    with pytest.raises(PublishError, match="same preset and notebooks"):
+        cpu_timing(tmp_path)

@@ -70,3 +70,24 @@ def test_kernels_talk_over_ipc_sockets_that_are_removed_after(tmp_path, monkeypa
     executed = nbformat.read(str(tmp_path / "build" / "01_ipc.ipynb"), as_version=4)
     assert executed.cells[0].outputs[0]["text"].strip() == "ipc"
     assert not [p for p in sockets.iterdir() if p.name.startswith("nb-")]   # the socket folder is gone
+
+
+def test_counts_the_checkpoints_each_notebook_writes(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "kept-000000000000.pt").write_bytes(b"loaded, not rewritten")
+    writes = _notebook(tmp_path / "01_train.ipynb",
+                       f"from pathlib import Path\nPath({str(cache)!r}, 'new-111111111111.pt').write_bytes(b'trained')")
+    reads = _notebook(tmp_path / "02_load.ipynb", f"open({str(cache / 'kept-000000000000.pt')!r}, 'rb').read()")
+    written = {}
+    runner.run([writes, reads], "smoke", tmp_path / "build", cache=cache, written=written)
+    assert written == {"01_train": ["new-111111111111.pt"], "02_load": []}
+    out = capsys.readouterr().out
+    assert "1 checkpoint(s) written" in out and "0 checkpoint(s) written" in out
+
+
+def test_a_rewritten_checkpoint_counts_as_written():
+    before = {"a.pt": (10, 1), "b.pt": (10, 1)}
+    assert runner.written_checkpoints(before, {"a.pt": (10, 1), "b.pt": (12, 2), "c.pt": (1, 3)}) == ["b.pt", "c.pt"]
+    assert runner.written_checkpoints(before, dict(before)) == []
+    assert runner._cache_state(__import__("pathlib").Path("/nonexistent-cache")) == {}
