@@ -32,6 +32,7 @@ from typing import Any, Sequence
 from helpers._paths import atomic_write, project_root
 from helpers.colab import repository_url
 from helpers.presets import get_preset
+from helpers.results import tradeoff_markdown
 from helpers.stats import mean_std
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -554,8 +555,6 @@ def cpu_results_section(folder: Path) -> str:
     what ran where, the trade-off table (`results/cpu/summary.md`'s), the calibration sentence, the
     chart and the run's time. Refuses a folder whose results files come from more than one commit, or
     from another commit than its `timings.json`."""
-    from helpers.results import tradeoff_markdown
-
     timings = _load_json(folder, "timings")
     stems = list(timings["seconds"])
     blobs = {stem: _load_json(folder, stem) for stem in stems}

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from helpers._paths import atomic_write, project_root
+from helpers.checkpoints import checkpoint_dir
 from helpers.presets import get_preset
 from helpers.results import save_timings
 
@@ -87,8 +88,6 @@ def run(notebooks: Sequence[Path], preset: str, out_dir: Path, *, cache: Path | 
     """Execute `notebooks` in order; returns {stem: seconds}. Stops at the first failing notebook.
     After each one, prints its seconds and how many checkpoints it wrote into `cache` (default:
     `helpers.checkpoints.checkpoint_dir()`); `written`, if given, receives {stem: their file names}."""
-    from helpers.checkpoints import checkpoint_dir
-
     cache = cache or checkpoint_dir()
     missing = [str(p) for p in notebooks if not Path(p).is_file()]
     if missing:
@@ -141,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = "timings.json" if not args.label else f"timings-{_slug(args.label)}.json"
         print(f"wrote {save_timings(preset, seconds, checkpoints_written=total, label=args.label, name=name)}")
     print(f"{len(seconds)} notebooks ({preset}) in {time.perf_counter() - start:.0f} s; results in results/{preset}/")
-    from helpers.checkpoints import checkpoint_dir
     print(f"checkpoint cache {checkpoint_dir()}: {total} checkpoint(s) written by this run"
           + (" (no cached model was retrained)" if total == 0 else ""))
     return 0
