@@ -27,7 +27,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from helpers._paths import atomic_write, project_root
 from helpers.colab import repository_url
@@ -382,8 +382,8 @@ def workshop_lessons(folder: Path, timings: dict) -> str:
     return "\n".join(lines)
 
 
-def _within(total: float) -> str:
-    return "within" if total <= WORKSHOP_TARGET_SECONDS else "over"
+def _within(total: float, target: float = WORKSHOP_TARGET_SECONDS) -> str:
+    return "within" if total <= target else "over"
 
 
 def _column(r: dict) -> str:
@@ -457,7 +457,7 @@ def cpu_timing(folder: Path) -> str:
     total = cold["total_seconds"]
     text = (f"The `cpu` preset (the committed results in [`results/cpu/`](../results/cpu/)): one cold run of commit "
             f"`{cold['git_commit']}` in {PRECISION_NAMES.get(cold['precision'], cold['precision'])}, "
-            f"{total:,.0f} s ({total / 60:.1f} min), {_within_cpu(total)} the course's 45-minute budget.")
+            f"{total:,.0f} s ({total / 60:.1f} min), {_within(total, CPU_TARGET_SECONDS)} the course's 45-minute budget.")
     for other in others:
         if other.get("label"):
             text += (f" The column \"{other['label']}\" is a run of commit `{other['git_commit']}` with the same "
@@ -466,10 +466,6 @@ def cpu_timing(folder: Path) -> str:
         text += (f" Not measured for this preset: a whole run in {' or '.join(missing)} (the `workshop` preset is "
                  "the one sized for machines without bfloat16 units).")
     return text + "\n\n" + "\n".join(_timing_rows([cold, *others]))
-
-
-def _within_cpu(total: float) -> str:
-    return "within" if total <= CPU_TARGET_SECONDS else "over"
 
 
 def _machine(device_name: str) -> str:
@@ -491,10 +487,13 @@ def workshop_readme_row(folder: Path, ws: dict) -> str:
             f"([instructor's guide](docs/workshop.md), [results](results/workshop/summary.md)) {README_ROW_MARKER} |")
 
 
-def _replace_between(text: str, name: str, body: str, path: Path) -> str:
-    start, end = GUIDE_MARKERS[name]
+def _replace_between(text: str, markers: tuple[str, str], body: str | Callable[[], str], path: Path) -> str:
+    """`text` with what lies between the `markers` (start, end) replaced by `body` (a callable is called
+    only once the markers are found: a file without them is refused before any results are read)."""
+    start, end = markers
     if start not in text or end not in text:
         raise PublishError(f"{path} has no '{start}' ... '{end}' block to fill")
+    body = body() if callable(body) else body
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body}\n{end}{tail}"
@@ -505,12 +504,12 @@ def render_guide(guide: str, readme: str, *, root: Path | None = None) -> tuple[
     root = root or project_root()
     folder = root / "results" / "workshop"
     timings = _load_json(folder, "timings")
-    guide = _replace_between(guide, "lessons", workshop_lessons(folder, timings), root / "docs" / "workshop.md")
+    guide = _replace_between(guide, GUIDE_MARKERS["lessons"], workshop_lessons(folder, timings), root / "docs" / "workshop.md")
     others = [json.loads(path.read_text()) for path in sorted(folder.glob("timings-*.json"))]
     timing = workshop_timing(timings, others)
     if (root / "results" / "cpu" / "timings.json").is_file():
         timing += "\n\n" + cpu_timing(root / "results" / "cpu")
-    guide = _replace_between(guide, "timing", timing, root / "docs" / "workshop.md")
+    guide = _replace_between(guide, GUIDE_MARKERS["timing"], timing, root / "docs" / "workshop.md")
     rows = [line for line in readme.splitlines() if README_ROW_MARKER in line]
     if len(rows) != 1:
         raise PublishError(f"README.md should have one preset row marked {README_ROW_MARKER}; found {len(rows)}")
@@ -550,12 +549,12 @@ def _confidence(ens: dict, one: dict) -> str:
     return ""
 
 
-def cpu_results_section(folder: Path) -> str:
-    """The README's results section body, from the committed cpu run in `folder` (`results/cpu/`):
+def cpu_results_section(folder: Path, timings: dict) -> str:
+    """The README's results section body, from the committed cpu run in `folder` (`results/cpu/`, `timings`: its
+    `timings.json`):
     what ran where, the trade-off table (`results/cpu/summary.md`'s), the calibration sentence, the
     chart and the run's time. Refuses a folder whose results files come from more than one commit, or
     from another commit than its `timings.json`."""
-    timings = _load_json(folder, "timings")
     stems = list(timings["seconds"])
     blobs = {stem: _load_json(folder, stem) for stem in stems}
     commits = {stem: blob["provenance"]["git_commit"] for stem, blob in blobs.items()}
@@ -597,7 +596,7 @@ validation split fixes it: T =
 
 **How long it takes.** That run, from an empty checkpoint cache and an empty data cache (the `.venv`
 already installed), took **{total:,.0f} s ({total / 60:.1f} minutes)** for the {len(stems)} notebooks
-({precision}, {_machine(timings['device_name'])}), {_within_cpu(total)} the 45-minute budget: {per_nb}
+({precision}, {_machine(timings['device_name'])}), {_within(total, CPU_TARGET_SECONDS)} the 45-minute budget: {per_nb}
 (`results/cpu/timings.json`; the data check before them decodes the images once, about half a minute).
 With a warm cache a second `make run` retrains nothing; the [instructor's guide](docs/workshop.md#timing)
 has the per-notebook times of every measured run side by side. The 45-minute budget relies on bfloat16:
@@ -609,13 +608,9 @@ def render_readme(readme: str, *, root: Path | None = None) -> str:
     and the commit of "one cold `cpu` run of commit `...`" set to the run's."""
     root = root or project_root()
     folder = root / "results" / "cpu"
-    start, end = CPU_MARKERS
-    if start not in readme or end not in readme:
-        raise PublishError(f"README.md has no '{start}' ... '{end}' block to fill")
-    head, rest = readme.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme = f"{head}{start}\n{cpu_results_section(folder)}\n{end}{tail}"
-    commit = _load_json(folder, "timings")["git_commit"]
+    timings = _load_json(folder, "timings")
+    readme = _replace_between(readme, CPU_MARKERS, lambda: cpu_results_section(folder, timings), root / "README.md")
+    commit = timings["git_commit"]
     return re.sub(r"(one cold `cpu` run of commit\s+)`[0-9a-z+]+`", lambda m: m.group(1) + f"`{commit}`", readme)
 
 
