@@ -264,6 +264,20 @@ def _shown(ok: bool) -> str:
     return "shown" if ok else "**not shown**"
 
 
+def _single_models(folder: Path) -> list[float]:
+    """Test accuracies of the four single course models of notebook 03 (independent and shared-init pairs)."""
+    pairs = _load_json(folder, "03_weight_averaging")["results"]["pairs"]
+    return [pairs[k][m] for k in ("independent", "shared_init") for m in ("accuracy_a", "accuracy_b")]
+
+
+def _cpu_single_models(folder: Path) -> str:
+    """' (x–y% with the `cpu` preset)' from the committed cpu run in `folder`, or '' where there is none."""
+    if not (folder / "03_weight_averaging.json").is_file():
+        return ""
+    singles = _single_models(folder)
+    return f" ({_pct(min(singles), 1)}–{_pct(max(singles), 1)} with the `cpu` preset)"
+
+
 def workshop_lessons(folder: Path, timings: dict) -> str:
     """The guide's "what the committed run shows": the six tested lessons (the thresholds of
     tests/test_real_data.py) and the untested results of notebooks 04, 08 and 09, every number read
@@ -277,7 +291,7 @@ def workshop_lessons(folder: Path, timings: dict) -> str:
     source = "the JPEG copy" if "jpg" in source.lower() else source or "unknown source"
     pairs3, al = r["03_weight_averaging"]["pairs"], r["04_permutation_alignment"]
     ind4 = al["pairs"]["independent"]
-    singles = [pairs3[k][m] for k in ("independent", "shared_init") for m in ("accuracy_a", "accuracy_b")]
+    singles = _single_models(folder)
     spawned = pairs3["spawned"]
     better_child = max(spawned["accuracy_a"], spawned["accuracy_b"])
     closed = 1 - ind4["aligned + BN reset"]["accuracy_barrier"] / ind4["naive"]["accuracy_barrier"]
@@ -302,8 +316,8 @@ def workshop_lessons(folder: Path, timings: dict) -> str:
         f"narrow models (the course CNN ×{preset.width:g}, the student ×{preset.student_width:g}) and "
         f"{preset.train.num_epochs} epochs. `tests/test_real_data.py` checks six lessons of the course against "
         f"the committed run in [`results/workshop/`](../results/workshop/). One course model reaches "
-        f"{_pct(min(singles), 1)}–{_pct(max(singles), 1)} here (about 83% with the `cpu` preset): the lessons "
-        "are about *differences*.",
+        f"{_pct(min(singles), 1)}–{_pct(max(singles), 1)} here{_cpu_single_models(folder.parent / 'cpu')}: the "
+        "lessons are about *differences*.",
         "",
         "## What the committed workshop run shows",
         "",
@@ -572,7 +586,11 @@ def cpu_results_section(folder: Path, timings: dict) -> str:
     one = scaled["model A"]
     total = timings["total_seconds"]
     per_nb = ", ".join(f"{stem[:2]} — {sec:,.0f} s" for stem, sec in timings["seconds"].items())
-    return f"""Measured by the notebooks with the `cpu` preset on CIFAR-10 ({source}) on {_machine(timings['device_name'])},
+    first = blobs[stems[0]]["results"]
+    model = (f" (course CNN ×{first['model']['width']:g} ({first['model']['parameters']:,} parameters), "
+             f"{first['train_config']['num_epochs']} epochs per model: {_pct(first['test_accuracy'], 1)} for "
+             f"notebook 01's model)" if {"model", "train_config", "test_accuracy"} <= set(first) else "")
+    return f"""Measured by the notebooks with the `cpu` preset{model} on CIFAR-10 ({source}) on {_machine(timings['device_name'])},
 no GPU, in {precision}: one cold `make run` of commit `{timings['git_commit']}` on {timings['date'][:10]}, whose
 results files, figures and executed notebooks ([`docs/executed/cpu/`](docs/executed/cpu/)) are committed
 together in [`results/cpu/`](results/cpu/). The table is [`results/cpu/summary.md`](results/cpu/summary.md),
