@@ -13,10 +13,11 @@ from torch import nn
 from helpers.data import TensorData, iterate_batches
 from helpers.devices import autocast, eval_mode, model_device, resolve_precision
 
-# Images per forward pass when evaluating. 500 rather than 1000: on a 2-core AVX2 CPU (fp32) the
-# course CNN evaluates 6,300 images/s at 500 against 4,800 at 1000 (the activations of a larger batch
-# no longer fit the caches); 200-500 are within a few percent of each other.
-EVAL_BATCH_SIZE = 500
+# Images per forward pass when evaluating (benchmarks/eval_speed.py times the choices). 250: on 2 cores
+# of a Xeon with AMX (bf16) the course CNN ×0.5 evaluated the 10,000 test images in 1.3-1.4 s at 250
+# against 1.5-2.2 s at 500, and with oneDNN capped at AVX2 in fp32 in 4.3 s against 4.7 s; at ×0.25 the
+# two are within a few percent. Larger batches lose on CPUs: their activations no longer fit the caches.
+EVAL_BATCH_SIZE = 250
 
 
 @torch.no_grad()
