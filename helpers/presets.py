@@ -73,9 +73,9 @@ PRESETS: dict[str, Preset] = {
         train=TrainConfig(num_epochs=3, batch_size=128, lr=0.1),
         spawn_epoch=1, num_seeds=2, soup_size=3, val_fraction=0.04, train_subset=6_000, test_subset=2_000,
     ),
-    # Sized so that `make run` (every notebook, cold cache) fits in 45 minutes on 2 cores of a Xeon
-    # (Sapphire Rapids, bf16 via AMX); benchmarks/train_speed.py has the current per-model figure.
-    # Two epochs: the course asks for >= 3 runs per compared method (about 40 trainings in all), and on the
+    # Aimed at a `make run` (every notebook, cold cache) of 45 minutes on 2 cores of a Xeon (Sapphire
+    # Rapids, bf16 via AMX); results/cpu/timings.json has what the committed run took (over 45 minutes
+    # on the slower host of that kind), benchmarks/train_speed.py the per-model figure. Two epochs: the course asks for >= 3 runs per compared method (about 40 trainings in all), and on the
     # slower of these hosts (1,900 images/s) one model of 6 epochs took 140 s (82-83%), of 3 epochs 77 s
     # (78.6%), of 2 epochs 46 s (73.8%); six epochs made the ten-notebook run 129 minutes there.
     "cpu": Preset(

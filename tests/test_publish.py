@@ -137,6 +137,21 @@ def test_the_readme_results_say_what_the_committed_cpu_run_says():
     assert render_readme(readme, root=root) == readme, "README.md is stale: run `python -m helpers.publish readme`"
 
 
+def test_the_readme_results_name_the_schedule_the_cpu_run_trained_with(tmp_path):
+    """The results section says which model and schedule made its numbers, read from notebook 01's results
+    (so a preset changed after the run cannot make the README claim the new schedule)."""
+    from helpers.publish import render_readme
+    root, folder = _cpu_copy(tmp_path)
+    first = json.loads((folder / "01_data_and_models.json").read_text())
+    first["results"]["train_config"]["num_epochs"] = 7
+    first["results"]["model"]["width"] = 0.75
+    (folder / "01_data_and_models.json").write_text(json.dumps(first))
+    text = render_readme((root / "README.md").read_text(), root=tmp_path)
+    assert "course CNN ×0.75" in text and "7 epochs per model" in text
+    real = json.loads((root / "results" / "cpu" / "01_data_and_models.json").read_text())["results"]
+    assert f"{real['train_config']['num_epochs']} epochs per model" in (root / "README.md").read_text()
+
+
 def _cpu_copy(tmp_path):
     import shutil
     root = project_root()
