@@ -35,6 +35,7 @@ class Preset:
     spawn_epoch: int                 # epochs the parent trains before it is forked (notebook 02)
     num_seeds: int                   # seeds for mean +/- std claims
     soup_size: int                   # spawned children averaged into one "soup" (notebook 03)
+    recal_images: int = 5000         # training images that recompute BatchNorm statistics after a merge (03-05, 08, 09)
     val_fraction: float = 0.1        # share of each class's training images held out for validation
     train_subset: int = 0            # class-balanced training images kept after the split (0 = all)
     test_subset: int = 0             # class-balanced test images kept (0 = all 10,000)
@@ -62,7 +63,7 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke", data="synthetic", width=0.25, student_width=0.5,
         train=TrainConfig(num_epochs=2, batch_size=128, lr=0.1, label_smoothing=0.1),
-        spawn_epoch=1, num_seeds=2, soup_size=3,
+        spawn_epoch=1, num_seeds=2, soup_size=3, recal_images=512,
     ),
     # Sized so that `make run` (every notebook, cold cache) fits in 12 minutes on 2 CPU cores in float32
     # (no bf16 units needed), with every lesson of the course still visible (tests/test_real_data.py).
@@ -72,6 +73,7 @@ PRESETS: dict[str, Preset] = {
         name="workshop", data="cifar10", width=0.25, student_width=0.25,
         train=TrainConfig(num_epochs=3, batch_size=128, lr=0.1),
         spawn_epoch=1, num_seeds=2, soup_size=3, val_fraction=0.04, train_subset=6_000, test_subset=2_000,
+        recal_images=1000,
     ),
     # Aimed at a `make run` (every notebook, cold cache) of 45 minutes on 2 cores of a Xeon (Sapphire
     # Rapids, bf16 via AMX); results/cpu/timings.json has what the committed run took (over 45 minutes
@@ -81,7 +83,7 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         name="cpu", data="cifar10", width=0.5, student_width=0.5,
         train=TrainConfig(num_epochs=2, batch_size=256, lr=0.2),
-        spawn_epoch=1, num_seeds=3, soup_size=3,
+        spawn_epoch=1, num_seeds=3, soup_size=3, recal_images=2000,
     ),
     "gpu": Preset(
         name="gpu", data="cifar10", width=2.0, student_width=1.0,

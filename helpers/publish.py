@@ -264,9 +264,8 @@ def _shown(ok: bool) -> str:
     return "shown" if ok else "**not shown**"
 
 
-def _single_models(folder: Path) -> list[float]:
-    """Test accuracies of the four single course models of notebook 03 (independent and shared-init pairs)."""
-    pairs = _load_json(folder, "03_weight_averaging")["results"]["pairs"]
+def _single_models(pairs: dict) -> list[float]:
+    """Test accuracies of the four single course models in notebook 03's `pairs` (independent and shared-init)."""
     return [pairs[k][m] for k in ("independent", "shared_init") for m in ("accuracy_a", "accuracy_b")]
 
 
@@ -274,7 +273,7 @@ def _cpu_single_models(folder: Path) -> str:
     """' (x–y% with the `cpu` preset)' from the committed cpu run in `folder`, or '' where there is none."""
     if not (folder / "03_weight_averaging.json").is_file():
         return ""
-    singles = _single_models(folder)
+    singles = _single_models(_load_json(folder, "03_weight_averaging")["results"]["pairs"])
     return f" ({_pct(min(singles), 1)}–{_pct(max(singles), 1)} with the `cpu` preset)"
 
 
@@ -291,7 +290,7 @@ def workshop_lessons(folder: Path, timings: dict) -> str:
     source = "the JPEG copy" if "jpg" in source.lower() else source or "unknown source"
     pairs3, al = r["03_weight_averaging"]["pairs"], r["04_permutation_alignment"]
     ind4 = al["pairs"]["independent"]
-    singles = _single_models(folder)
+    singles = _single_models(pairs3)
     spawned = pairs3["spawned"]
     better_child = max(spawned["accuracy_a"], spawned["accuracy_b"])
     closed = 1 - ind4["aligned + BN reset"]["accuracy_barrier"] / ind4["naive"]["accuracy_barrier"]
