@@ -33,6 +33,7 @@ from helpers._paths import atomic_write, project_root
 from helpers.colab import repository_url
 from helpers.presets import get_preset
 from helpers.results import tradeoff_markdown
+from helpers.speed import run_speed
 from helpers.stats import mean_std
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -420,6 +421,10 @@ def _timing_rows(runs: Sequence[dict]) -> list[str]:
     if any("checkpoints_written" in r for r in runs):
         rows.append("| checkpoints written | " + " | ".join(
             str(r["checkpoints_written"]) if "checkpoints_written" in r else "—" for r in runs) + " |")
+    if any(run_speed(r) for r in runs):
+        rows.append("| machine speed, course model (train / eval images/s) | " + " | ".join(
+            "{train_images_per_second:,.0f} / {eval_images_per_second:,.0f}".format(**run_speed(r)) if run_speed(r)
+            else "not recorded" for r in runs) + " |")
     return rows
 
 

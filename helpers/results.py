@@ -291,11 +291,13 @@ def one_run_notes(rows: Sequence[Mapping]) -> str:
 
 
 def save_timings(preset: str, seconds: Mapping[str, float], *, checkpoints_written: int | None = None,
-                 label: str | None = None, name: str = "timings.json") -> Path:
+                 label: str | None = None, name: str = "timings.json",
+                 host_speed: Mapping[str, Mapping] | None = None) -> Path:
     """Write `results/<preset>/<name>`: seconds per notebook (in run order), their total, and what they
     ran on (preset, precision, device and CPU/GPU model, torch version, git commit, date); optionally how
     many checkpoints the run wrote (0: every model came from the cache) and a `label` saying what kind
-    of run it was (for instance "warm, from an imported checkpoint archive")."""
+    of run it was (for instance "warm, from an imported checkpoint archive"), and `host_speed`: the
+    machine's speed measured around the run, {"before": helpers.speed.measure(), "after": ...}."""
     device = pick_device()
     env = environment(device)
     blob = {"preset": preset, "precision": resolve_precision(get_preset(preset).train.precision, device),
@@ -307,6 +309,8 @@ def save_timings(preset: str, seconds: Mapping[str, float], *, checkpoints_writt
         blob["checkpoints_written"] = int(checkpoints_written)
     if label:
         blob["label"] = label
+    if host_speed:
+        blob["host_speed"] = {when: dict(speed) for when, speed in host_speed.items()}
     _check_plain(blob)
     return save_text(name, json.dumps(blob, indent=2) + "\n", preset=preset)
 

@@ -5,7 +5,9 @@ Each notebook runs in a fresh Jupyter kernel through `nbclient` (the library `ju
 `build/<preset>/<name>.ipynb` (written atomically: an interrupted run leaves the previous file or
 none, never half of one), each notebook's wall time is printed as it finishes, and after the last
 one `results/<preset>/timings.json` is written (`helpers.results.save_timings`). The runner also
-counts the checkpoints each notebook writes into the checkpoint cache (`helpers.checkpoints.checkpoint_dir`):
+measures the machine's speed on the course model before the first notebook and after the last
+(`helpers.speed.measure`, about 10 s each; stored in timings.json as `host_speed`, so a time
+says what machine it was measured on), and counts the checkpoints each notebook writes into the checkpoint cache (`helpers.checkpoints.checkpoint_dir`):
 a run from a complete cache (for instance one imported with `python -m helpers.checkpoints import`)
 says "0 checkpoint(s) written", i.e. no model was retrained.
 
@@ -36,6 +38,7 @@ from helpers._paths import atomic_write, project_root
 from helpers.checkpoints import checkpoint_dir
 from helpers.presets import get_preset
 from helpers.results import save_timings
+from helpers.speed import measure
 
 
 def course_notebooks(root: Path | None = None) -> list[Path]:
@@ -111,6 +114,14 @@ def _slug(label: str) -> str:
     return word or "other"
 
 
+def _speed(when: str) -> dict:
+    """`helpers.speed.measure()` for the active preset, printed (not counted in any notebook's time)."""
+    speed = measure()
+    print(f"== machine speed {when}: course model training {speed['train_images_per_second']:,.0f} images/s, "
+          f"evaluation {speed['eval_images_per_second']:,.0f} images/s ({speed['precision']})", flush=True)
+    return speed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.runner", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path,
@@ -120,12 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--label", help="what kind of run this is, stored in the timings file (for instance "
                                         "'warm, from an imported checkpoint archive'); the file is then "
                                         "results/<preset>/timings-<label's first word>.json, not timings.json")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="do not measure the machine's speed before and after the run (about 20 s)")
     args = parser.parse_args(argv)
     preset = get_preset().name
     notebooks = args.notebooks or course_notebooks()
     out_dir = args.out_dir or project_root() / "build" / preset
     start = time.perf_counter()
     written: dict[str, list[str]] = {}
+    host_speed = {}
+    if not args.notebooks and not args.no_speed:
+        host_speed["before"] = _speed("before the first notebook")
     try:
         seconds = run(notebooks, preset, out_dir, written=written)
     except FileNotFoundError as err:
@@ -137,8 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     total = sum(len(v) for v in written.values())
     if not args.notebooks:
+        if not args.no_speed:
+            host_speed["after"] = _speed("after the last notebook")
         name = "timings.json" if not args.label else f"timings-{_slug(args.label)}.json"
-        print(f"wrote {save_timings(preset, seconds, checkpoints_written=total, label=args.label, name=name)}")
+        path = save_timings(preset, seconds, checkpoints_written=total, label=args.label, name=name,
+                            host_speed=host_speed)
+        print(f"wrote {path}")
     print(f"{len(seconds)} notebooks ({preset}) in {time.perf_counter() - start:.0f} s; results in results/{preset}/")
     print(f"checkpoint cache {checkpoint_dir()}: {total} checkpoint(s) written by this run"
           + (" (no cached model was retrained)" if total == 0 else ""))
