@@ -590,6 +590,10 @@ def cpu_results_section(folder: Path, timings: dict) -> str:
     one = scaled["model A"]
     total = timings["total_seconds"]
     per_nb = ", ".join(f"{stem[:2]} — {sec:,.0f} s" for stem, sec in timings["seconds"].items())
+    speed = run_speed(timings)
+    machine_speed = (f" That machine trained the course model at {speed['train_images_per_second']:,.0f} images/s and "
+                     f"evaluated it at {speed['eval_images_per_second']:,.0f} (`host_speed` in `timings.json`, measured "
+                     "before and after the run); `python -m helpers.speed` scales the time to yours." if speed else "")
     first = blobs[stems[0]]["results"]
     model = (f" (course CNN ×{first['model']['width']:g} ({first['model']['parameters']:,} parameters), "
              f"{first['train_config']['num_epochs']} epochs per model: {_pct(first['test_accuracy'], 1)} for "
@@ -621,7 +625,7 @@ already installed), took **{total:,.0f} s ({total / 60:.1f} minutes)** for the {
 ({precision}, {_machine(timings['device_name'])}), {_within(total, CPU_TARGET_SECONDS)} the 45-minute budget: {per_nb}
 (`results/cpu/timings.json`; the data check before them decodes the images once, about half a minute).
 With a warm cache a second `make run` retrains nothing; the [instructor's guide](docs/workshop.md#timing)
-has the per-notebook times of every measured run side by side. The 45-minute budget relies on bfloat16:
+has the per-notebook times of every measured run side by side.{machine_speed} The 45-minute budget relies on bfloat16:
 a CPU without bf16 units trains in float32, several times slower (see "Training speed")."""
 
 
