@@ -75,11 +75,13 @@ PRESETS: dict[str, Preset] = {
         spawn_epoch=1, num_seeds=2, soup_size=3, val_fraction=0.04, train_subset=6_000, test_subset=2_000,
         recal_images=1000,
     ),
-    # Aimed at a `make run` (every notebook, cold cache) of 45 minutes on 2 cores of a Xeon (Sapphire
-    # Rapids, bf16 via AMX); results/cpu/timings.json has what the committed run took (over 45 minutes
-    # on the slower host of that kind), benchmarks/train_speed.py the per-model figure. Two epochs: the course asks for >= 3 runs per compared method (about 40 trainings in all), and on the
-    # slower of these hosts (1,900 images/s) one model of 6 epochs took 140 s (82-83%), of 3 epochs 77 s
-    # (78.6%), of 2 epochs 46 s (73.8%); six epochs made the ten-notebook run 129 minutes there.
+    # Sized for a `make run` (every notebook, cold cache) of 45 minutes on 2 cores of a Xeon (Sapphire
+    # Rapids, bf16 via AMX); results/cpu/timings.json has what the committed run took and the machine's
+    # speed (41.5 minutes at 2,274 training images/s; 57.5 on a slower host of that kind at an earlier
+    # commit), benchmarks/train_speed.py the per-model figure. Two epochs: the course asks for >= 3 runs
+    # per compared method (about 40 trainings in all), and on the slower host (profiled at 1,900 images/s)
+    # one model of 6 epochs took 140 s (82-83%), of 3 epochs 77 s (78.6%), of 2 epochs 46 s (73.8%);
+    # six epochs made the ten-notebook run 129 minutes there.
     "cpu": Preset(
         name="cpu", data="cifar10", width=0.5, student_width=0.5,
         train=TrainConfig(num_epochs=2, batch_size=256, lr=0.2),
