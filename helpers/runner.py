@@ -114,9 +114,14 @@ def _slug(label: str) -> str:
     return word or "other"
 
 
-def _speed(when: str) -> dict:
-    """`helpers.speed.measure()` for the active preset, printed (not counted in any notebook's time)."""
-    speed = measure()
+def _speed(when: str) -> dict | None:
+    """`helpers.speed.measure()` for the active preset, printed (not counted in any notebook's time). A
+    measurement that fails (an unusual device or build) is reported and skipped: it never stops the run."""
+    try:
+        speed = measure()
+    except Exception as err:  # noqa: BLE001 - the timing is a courtesy; the notebooks are the run
+        print(f"== machine speed {when}: not measured ({type(err).__name__}: {err})", flush=True)
+        return None
     print(f"== machine speed {when}: course model training {speed['train_images_per_second']:,.0f} images/s, "
           f"evaluation {speed['eval_images_per_second']:,.0f} images/s ({speed['precision']})", flush=True)
     return speed
@@ -155,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.notebooks:
         if not args.no_speed:
             host_speed["after"] = _speed("after the last notebook")
+        host_speed = {when: speed for when, speed in host_speed.items() if speed is not None}
         name = "timings.json" if not args.label else f"timings-{_slug(args.label)}.json"
         path = save_timings(preset, seconds, checkpoints_written=total, label=args.label, name=name,
                             host_speed=host_speed)

@@ -57,3 +57,39 @@ def test_timings_file_keeps_the_machine_speed_and_the_guide_table_shows_it(tmp_p
     rows = publish._timing_rows([saved, old])
     assert rows[-1] == "| machine speed, course model (train / eval images/s) | 2,000 / 9,200 | not recorded |"
     assert not any("machine speed" in r for r in publish._timing_rows([old]))   # no row when no run has it
+
+
+def test_a_failing_speed_measurement_never_stops_make_run(monkeypatch, capsys):
+    from helpers import runner
+
+    def broken():
+        raise RuntimeError("no kernel for this op on this device")
+
+    monkeypatch.setattr(runner, "measure", broken)
+    assert runner._speed("before the first notebook") is None
+    assert "not measured (RuntimeError: no kernel for this op on this device)" in capsys.readouterr().out
+
+
+def test_make_run_writes_both_measurements_into_timings_json(tmp_path, monkeypatch):
+    import nbformat
+
+    from helpers import runner
+
+    monkeypatch.setenv("HELPERS_ROOT", str(tmp_path))
+    monkeypatch.setenv("HELPERS_PRESET", "smoke")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("print(1)")]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, str(tmp_path / "notebooks" / "01_a.ipynb"))
+    calls = iter([{"train_images_per_second": 10.0, "eval_images_per_second": 20.0, "precision": "fp32"},
+                  {"train_images_per_second": 30.0, "eval_images_per_second": 40.0, "precision": "fp32"}])
+    monkeypatch.setattr(runner, "measure", lambda: next(calls))
+    monkeypatch.setattr(runner, "course_notebooks", lambda root=None: [tmp_path / "notebooks" / "01_a.ipynb"])
+    monkeypatch.setattr(runner, "checkpoint_dir", lambda: tmp_path / "checkpoints")
+    assert runner.main([]) == 0
+    saved = json.loads((tmp_path / "results" / "smoke" / "timings.json").read_text())
+    assert saved["host_speed"] == {
+        "before": {"train_images_per_second": 10.0, "eval_images_per_second": 20.0, "precision": "fp32"},
+        "after": {"train_images_per_second": 30.0, "eval_images_per_second": 40.0, "precision": "fp32"}}
+    assert list(saved["seconds"]) == ["01_a"] and saved["checkpoints_written"] == 0
