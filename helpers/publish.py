@@ -421,10 +421,11 @@ def _timing_rows(runs: Sequence[dict]) -> list[str]:
     if any("checkpoints_written" in r for r in runs):
         rows.append("| checkpoints written | " + " | ".join(
             str(r["checkpoints_written"]) if "checkpoints_written" in r else "—" for r in runs) + " |")
-    if any(run_speed(r) for r in runs):
+    speeds = [run_speed(r) for r in runs]
+    if any(speeds):
         rows.append("| machine speed, course model (train / eval images/s) | " + " | ".join(
-            "{train_images_per_second:,.0f} / {eval_images_per_second:,.0f}".format(**run_speed(r)) if run_speed(r)
-            else "not recorded" for r in runs) + " |")
+            "{train_images_per_second:,.0f} / {eval_images_per_second:,.0f}".format(**s) if s else "not recorded"
+            for s in speeds) + " |")
     return rows
 
 

@@ -6,8 +6,9 @@ Each notebook runs in a fresh Jupyter kernel through `nbclient` (the library `ju
 none, never half of one), each notebook's wall time is printed as it finishes, and after the last
 one `results/<preset>/timings.json` is written (`helpers.results.save_timings`). The runner also
 measures the machine's speed on the course model before the first notebook and after the last
-(`helpers.speed.measure`, about 10 s each; stored in timings.json as `host_speed`, so a time
-says what machine it was measured on), and counts the checkpoints each notebook writes into the checkpoint cache (`helpers.checkpoints.checkpoint_dir`):
+(`helpers.speed.measure`, about 10 s each; stored in timings.json as `host_speed`, so a time says
+what machine it was measured on), and counts the checkpoints each notebook writes into the
+checkpoint cache (`helpers.checkpoints.checkpoint_dir`):
 a run from a complete cache (for instance one imported with `python -m helpers.checkpoints import`)
 says "0 checkpoint(s) written", i.e. no model was retrained.
 

@@ -30,6 +30,7 @@ from helpers.models import course_cnn
 from helpers.presets import Preset, get_preset
 from helpers.repro import device_name
 from helpers.results import results_dir
+from helpers.training import make_optimizer
 
 
 def _sync(device: torch.device) -> None:
@@ -70,11 +71,11 @@ def measure(preset: Preset | None = None, *, seconds: float = 4.0, device: torch
         model = course_cnn(preset.width).to(device)
     x = torch.randn(batch, 3, 32, 32, generator=generator).to(device, memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), generator=generator).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=preset.train.momentum)
+    optimizer = make_optimizer(model, preset.train)   # the course's own optimiser and loss, as in training
 
     def train_step():
         with autocast(device, precision):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=preset.train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
