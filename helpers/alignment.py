@@ -42,6 +42,7 @@ from torch import nn
 
 from helpers.averaging import check_compatible, has_batchnorm, recalibrate_batchnorm
 from helpers.devices import autocast, eval_mode, resolve_precision
+from helpers.evaluation import cache_predictions, cached_signature, tensor_digest
 
 PASS_THROUGH = (
     nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardswish, nn.ReLU6,
@@ -357,7 +358,23 @@ def match_permutations(model_a: nn.Module, model_b: nn.Module, spec: Sequence[Pe
 def _output_stats(model: nn.Module, batches: Sequence, device: torch.device, precision: str,
                   kinds: tuple = NORMS, names: set[str] | None = None) -> dict[str, tuple]:
     """Per module of `kinds` (or named in `names`): (mean, std) of each output channel (dim 1) over
-    `batches`, in eval mode, accumulated in float64."""
+    `batches`, in eval mode, accumulated in float64. Kept by `cache_predictions` when it is on."""
+    key, signature = None, cached_signature(model)
+    if signature is not None:
+        inputs = tuple(tensor_digest(b[0] if isinstance(b, (tuple, list)) else b) for b in batches)
+        key = ("output_stats", signature, inputs, tuple(sorted(k.__name__ for k in kinds)),
+               None if names is None else tuple(sorted(names)), str(device), precision)
+        cached = cache_predictions.lookup(key)
+        if cached is not None:
+            return {name: (m.clone(), s.clone()) for name, (m, s) in cached.items()}
+    stats = _measure_output_stats(model, batches, device, precision, kinds, names)
+    cache_predictions.keep(key, {name: (m.clone(), s.clone()) for name, (m, s) in stats.items()})
+    return stats
+
+
+@torch.no_grad()
+def _measure_output_stats(model: nn.Module, batches: Sequence, device: torch.device, precision: str,
+                          kinds: tuple, names: set[str] | None) -> dict[str, tuple]:
     sums: dict[str, list] = {}
     hooks = []
     for name, module in model.named_modules():

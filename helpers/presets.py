@@ -39,6 +39,7 @@ class Preset:
     val_fraction: float = 0.1        # share of each class's training images held out for validation
     train_subset: int = 0            # class-balanced training images kept after the split (0 = all)
     test_subset: int = 0             # class-balanced test images kept (0 = all 10,000)
+    distil_four_owners: bool = True  # notebook 09 distils the four owners' ensemble (about one more joint training)
     synthetic_train: int = 2048      # synthetic images (smoke only)
     synthetic_test: int = 512
 
@@ -73,7 +74,7 @@ PRESETS: dict[str, Preset] = {
         name="workshop", data="cifar10", width=0.25, student_width=0.25,
         train=TrainConfig(num_epochs=3, batch_size=128, lr=0.1),
         spawn_epoch=1, num_seeds=2, soup_size=3, val_fraction=0.04, train_subset=6_000, test_subset=2_000,
-        recal_images=1000,
+        recal_images=1000, distil_four_owners=False,
     ),
     # Sized for a `make run` (every notebook, cold cache) of 45 minutes on 2 cores of a Xeon (Sapphire
     # Rapids, bf16 via AMX); results/cpu/timings.json has what the committed run took and the machine's
@@ -85,7 +86,7 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         name="cpu", data="cifar10", width=0.5, student_width=0.5,
         train=TrainConfig(num_epochs=2, batch_size=256, lr=0.2),
-        spawn_epoch=1, num_seeds=3, soup_size=3, recal_images=2000,
+        spawn_epoch=1, num_seeds=3, soup_size=3, recal_images=2000, distil_four_owners=False,
     ),
     "gpu": Preset(
         name="gpu", data="cifar10", width=2.0, student_width=1.0,

@@ -10,7 +10,10 @@ measures the machine's speed on the course model before the first notebook and a
 what machine it was measured on), and counts the checkpoints each notebook writes into the
 checkpoint cache (`helpers.checkpoints.checkpoint_dir`):
 a run from a complete cache (for instance one imported with `python -m helpers.checkpoints import`)
-says "0 checkpoint(s) written", i.e. no model was retrained.
+says "0 checkpoint(s) written", i.e. no model was retrained. The notebooks of one run share a
+temporary folder of evaluated models' logits (`helpers.evaluation.cache_predictions`, keyed by each
+model's content; deleted when the run ends; `--no-shared-predictions` turns it off), so a model
+evaluated in notebook 03 is not evaluated again in 04, 05 or 09.
 
 One process for all notebooks instead of one `jupyter nbconvert` per notebook saves about 4 s per
 notebook on a 2-core laptop CPU: nbconvert's own start (importing its exporters and templates) is
@@ -88,24 +91,38 @@ def written_checkpoints(before: dict[str, tuple[int, int]], after: dict[str, tup
 
 
 def run(notebooks: Sequence[Path], preset: str, out_dir: Path, *, cache: Path | None = None,
-        written: dict[str, list[str]] | None = None) -> dict[str, float]:
+        written: dict[str, list[str]] | None = None, share_predictions: bool = True) -> dict[str, float]:
     """Execute `notebooks` in order; returns {stem: seconds}. Stops at the first failing notebook.
     After each one, prints its seconds and how many checkpoints it wrote into `cache` (default:
-    `helpers.checkpoints.checkpoint_dir()`); `written`, if given, receives {stem: their file names}."""
+    `helpers.checkpoints.checkpoint_dir()`); `written`, if given, receives {stem: their file names}.
+    share_predictions: the notebooks share one temporary folder of evaluated models' logits
+    (`helpers.evaluation.cache_predictions`), deleted when the run ends."""
     cache = cache or checkpoint_dir()
     missing = [str(p) for p in notebooks if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"no such notebook: {', '.join(missing)}")
     seconds: dict[str, float] = {}
-    for path in notebooks:
-        path = Path(path)
-        print(f"== {path.stem} ({preset})", flush=True)
-        before = _cache_state(cache)
-        seconds[path.stem] = round(execute_notebook(path, out_dir), 1)
-        new = written_checkpoints(before, _cache_state(cache))
-        if written is not None:
-            written[path.stem] = new
-        print(f"   {seconds[path.stem]:.1f} s, {len(new)} checkpoint(s) written", flush=True)
+    shared = tempfile.mkdtemp(prefix="predictions-") if share_predictions else None
+    previous = os.environ.get("HELPERS_PREDICTION_CACHE_DIR")
+    if shared:   # the kernels inherit it: a model evaluated in one notebook is not evaluated again in the next
+        os.environ["HELPERS_PREDICTION_CACHE_DIR"] = shared
+    try:
+        for path in notebooks:
+            path = Path(path)
+            print(f"== {path.stem} ({preset})", flush=True)
+            before = _cache_state(cache)
+            seconds[path.stem] = round(execute_notebook(path, out_dir), 1)
+            new = written_checkpoints(before, _cache_state(cache))
+            if written is not None:
+                written[path.stem] = new
+            print(f"   {seconds[path.stem]:.1f} s, {len(new)} checkpoint(s) written", flush=True)
+    finally:
+        if shared:
+            shutil.rmtree(shared, ignore_errors=True)
+            if previous is None:
+                os.environ.pop("HELPERS_PREDICTION_CACHE_DIR", None)
+            else:
+                os.environ["HELPERS_PREDICTION_CACHE_DIR"] = previous
     return seconds
 
 
@@ -139,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "results/<preset>/timings-<label's first word>.json, not timings.json")
     parser.add_argument("--no-speed", action="store_true",
                         help="do not measure the machine's speed before and after the run (about 20 s)")
+    parser.add_argument("--no-shared-predictions", action="store_true",
+                        help="each notebook evaluates its models itself, even those an earlier notebook of the "
+                             "run evaluated (by default the run's notebooks share a temporary folder of logits)")
     args = parser.parse_args(argv)
     preset = get_preset().name
     notebooks = args.notebooks or course_notebooks()
@@ -149,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.notebooks and not args.no_speed:
         host_speed["before"] = _speed("before the first notebook")
     try:
-        seconds = run(notebooks, preset, out_dir, written=written)
+        seconds = run(notebooks, preset, out_dir, written=written, share_predictions=not args.no_shared_predictions)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

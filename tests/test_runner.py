@@ -1,6 +1,7 @@
 """helpers.runner: what `make run` uses to execute the notebooks (real Jupyter kernels, tiny notebooks)."""
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -91,3 +92,34 @@ def test_a_rewritten_checkpoint_counts_as_written():
     assert runner.written_checkpoints(before, {"a.pt": (10, 1), "b.pt": (12, 2), "c.pt": (1, 3)}) == ["b.pt", "c.pt"]
     assert runner.written_checkpoints(before, dict(before)) == []
     assert runner._cache_state(__import__("pathlib").Path("/nonexistent-cache")) == {}
+
+
+def test_the_notebooks_of_one_run_share_a_prediction_folder_that_goes_with_the_run(tmp_path, monkeypatch):
+    """A model evaluated in one notebook is served to the next from the run's folder (real kernels,
+    helpers.evaluation.cache_predictions); the folder is deleted when the run ends, and
+    share_predictions=False leaves each notebook on its own."""
+    monkeypatch.delenv("HELPERS_PREDICTION_CACHE_DIR", raising=False)
+    setup = ("import os, torch\n"
+             "from helpers.evaluation import cache_predictions, predict_logits\n"
+             "from helpers.data import synthetic_cifar\n"
+             "from helpers.models import course_cnn\n"
+             "cache_predictions()\n"
+             "torch.manual_seed(0)\n"
+             "logits = predict_logits(course_cnn(0.25), synthetic_cifar(64, 32, seed=0).test)\n"
+             "print(os.environ.get('HELPERS_PREDICTION_CACHE_DIR'), cache_predictions.hits)")
+    first = _notebook(tmp_path / "01_a.ipynb", setup)
+    second = _notebook(tmp_path / "02_b.ipynb", setup)
+    out = tmp_path / "build"
+    runner.run([first, second], "smoke", out)
+    lines = [nbformat.read(str(out / name), as_version=4).cells[0].outputs[0]["text"].split()
+             for name in ("01_a.ipynb", "02_b.ipynb")]
+    folder = lines[0][0]
+    assert folder != "None" and lines[1][0] == folder
+    assert [line[1] for line in lines] == ["0", "1"]          # computed in 01, served in 02
+    assert not os.path.exists(folder)            # deleted with the run
+    assert "HELPERS_PREDICTION_CACHE_DIR" not in os.environ
+
+    runner.run([first, second], "smoke", out, share_predictions=False)
+    lines = [nbformat.read(str(out / name), as_version=4).cells[0].outputs[0]["text"].split()
+             for name in ("01_a.ipynb", "02_b.ipynb")]
+    assert lines == [["None", "0"], ["None", "0"]]
