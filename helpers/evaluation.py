@@ -8,11 +8,11 @@ Separate from `helpers.training` so that the modules that merge or combine model
 the same weights as one already evaluated gets a copy of the stored logits. An interpolation curve's
 endpoints, a greedy soup's ingredients and a pair's members evaluated again in a later cell then cost
 nothing; REPAIR's per-channel statistics of an endpoint (`helpers.alignment`) are kept the same way,
-so a curve of REPAIRed merges measures each endpoint once, not at every alpha. The key is the model's content (`model_signature`: every module's class and settings, every
-parameter and buffer), the data's content, the batch size, the device and the precision, so a
-changed weight is never served stale logits. A model with forward hooks, or with attributes the
-signature cannot read, is always evaluated. Timing code turns the cache off
-(`with cache_predictions(False):`).
+so a curve of REPAIRed merges measures each endpoint once, not at every alpha. The key is the model's
+content (`model_signature`: every module's class and settings, every parameter and buffer), the
+data's content, the batch size, the device and the precision, so a changed weight is never served
+stale logits. A model with forward hooks, or with attributes the signature cannot read, is always
+evaluated. Timing code turns the cache off (`with cache_predictions(False):`).
 
 `make run` (`helpers.runner`) also gives the notebooks of one run a shared folder for these entries
 (`$HELPERS_PREDICTION_CACHE_DIR`, a temporary folder deleted when the run ends): a model that
@@ -63,17 +63,15 @@ class cache_predictions:
     hits: int = 0
 
     def __init__(self, enabled: bool = True, *, max_entries: int | None = None) -> None:
+        if max_entries is not None and max_entries < 1:   # checked first: a refused call changes nothing
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         cls = type(self)
         self._previous = cls.enabled
         cls.enabled = bool(enabled)
         if max_entries is not None:
-            if max_entries < 1:
-                raise ValueError(f"max_entries must be >= 1, got {max_entries}")
             cls.max_entries = int(max_entries)
-        if not cls.enabled:
-            return
-        while len(cls.store) > cls.max_entries:
-            cls.store.popitem(last=False)
+            while len(cls.store) > cls.max_entries:
+                cls.store.popitem(last=False)
 
     def __enter__(self) -> "cache_predictions":
         return self

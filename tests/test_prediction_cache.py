@@ -118,6 +118,7 @@ def test_off_by_default_and_a_with_block_restores_the_previous_setting(tiny_data
         cache_predictions(False)
     with pytest.raises(ValueError, match="max_entries"):
         cache_predictions(max_entries=0)
+    assert not cache_predictions.enabled and cache_predictions.max_entries > 0   # the refused call changed nothing
 
 
 def test_the_oldest_entries_go_first(tiny_data):
