@@ -42,7 +42,7 @@ from torch import nn
 
 from helpers.averaging import check_compatible, has_batchnorm, recalibrate_batchnorm
 from helpers.devices import autocast, eval_mode, resolve_precision
-from helpers.evaluation import cache_predictions, cached_signature, tensor_digest
+from helpers.evaluation import memoized, tensor_digest
 
 PASS_THROUGH = (
     nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardswish, nn.ReLU6,
@@ -359,17 +359,11 @@ def _output_stats(model: nn.Module, batches: Sequence, device: torch.device, pre
                   kinds: tuple = NORMS, names: set[str] | None = None) -> dict[str, tuple]:
     """Per module of `kinds` (or named in `names`): (mean, std) of each output channel (dim 1) over
     `batches`, in eval mode, accumulated in float64. Kept by `cache_predictions` when it is on."""
-    key, signature = None, cached_signature(model)
-    if signature is not None:
-        inputs = tuple(tensor_digest(b[0] if isinstance(b, (tuple, list)) else b) for b in batches)
-        key = ("output_stats", signature, inputs, tuple(sorted(k.__name__ for k in kinds)),
-               None if names is None else tuple(sorted(names)), str(device), precision)
-        cached = cache_predictions.lookup(key)
-        if cached is not None:
-            return {name: (m.clone(), s.clone()) for name, (m, s) in cached.items()}
-    stats = _measure_output_stats(model, batches, device, precision, kinds, names)
-    cache_predictions.keep(key, {name: (m.clone(), s.clone()) for name, (m, s) in stats.items()})
-    return stats
+    return memoized("output_stats", model,
+                    lambda: (tuple(tensor_digest(b[0] if isinstance(b, (tuple, list)) else b) for b in batches),
+                             tuple(sorted(k.__name__ for k in kinds)),
+                             None if names is None else tuple(sorted(names)), str(device), precision),
+                    lambda: _measure_output_stats(model, batches, device, precision, kinds, names))
 
 
 @torch.no_grad()

@@ -27,6 +27,8 @@ import hashlib
 import os
 import weakref
 from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +92,6 @@ class cache_predictions:
         folder = os.environ.get("HELPERS_PREDICTION_CACHE_DIR")
         if not folder:
             return None
-        from pathlib import Path
         return Path(folder) / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:40]}.pt"
 
     @classmethod
@@ -192,6 +193,36 @@ def cached_signature(model: nn.Module) -> str | None:
         return None
 
 
+T = TypeVar("T")
+
+
+def _copy(value):
+    """A copy of a cached value (tensors, and dicts / tuples of them): callers may change what they get."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    return value
+
+
+def memoized(kind: str, model: nn.Module, parts: Callable[[], tuple], compute: Callable[[], T]) -> T:
+    """`compute()`, or, while `cache_predictions` is on, a copy of what it returned before for the same
+    `kind`, the same model content (`model_signature`) and the same `parts()` (the inputs and settings;
+    only called when the model can be cached). The one place `predict_logits` and REPAIR's statistics
+    go through the cache."""
+    signature = cached_signature(model)
+    if signature is None:
+        return compute()
+    key = (kind, signature, *parts())
+    value = cache_predictions.lookup(key)
+    if value is None:
+        value = compute()
+        cache_predictions.keep(key, value)
+    return _copy(value)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = EVAL_BATCH_SIZE,
                    device: torch.device | str | None = None, precision: str = "auto") -> torch.Tensor:
@@ -200,20 +231,17 @@ def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = EVAL
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     precision = resolve_precision(precision, device)
-    key, signature = None, cached_signature(model)
-    if signature is not None:
-        key = ("logits", signature, tensor_digest(data.images), batch_size, str(device), precision)
-        cached = cache_predictions.lookup(key)
-        if cached is not None:
-            return cached.clone()
-    out = []
-    with eval_mode(model):
-        for x, _ in iterate_batches(data, batch_size, device=device):
-            with autocast(device, precision):
-                out.append(model(x).float().cpu())
-    logits = torch.cat(out)
-    cache_predictions.keep(key, logits.clone())
-    return logits
+
+    def compute() -> torch.Tensor:
+        out = []
+        with eval_mode(model):
+            for x, _ in iterate_batches(data, batch_size, device=device):
+                with autocast(device, precision):
+                    out.append(model(x).float().cpu())
+        return torch.cat(out)
+
+    return memoized("logits", model, lambda: (tensor_digest(data.images), batch_size, str(device), precision),
+                    compute)
 
 
 def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = EVAL_BATCH_SIZE,
