@@ -12,6 +12,12 @@ ARCHIVE`. The archive lists every file with its SHA-256; import verifies all of 
 members with a path, `..` or an unexpected name, loads each with `weights_only=True` (no pickled
 code), and writes nothing unless every file passes. Cache keys hold the data's content fingerprint,
 not its path, so imported checkpoints are used wherever the same images are.
+
+The archive also carries the stored evaluations of the exported presets (`predictions/<preset>/`, what
+`make run` keeps: `helpers.evaluation.cache_predictions`), those of the current code version only, so a
+room that imports it is served the instructor's logits of the same models instead of computing them
+again (`--no-predictions` leaves them out). Each is checked the same way: listed with its SHA-256, a
+name of the expected form, loaded with `weights_only=True`, tensors only.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 from torch import nn
 
 from helpers._paths import atomic_write, project_root, resolve_user_path
+from helpers.evaluation import check_entry, code_version
 from helpers.training import History
 
 CHECKPOINT_FORMAT = 1
@@ -140,7 +147,9 @@ def train_or_load(name: str, config: Any, build: Callable[[], nn.Module], fit: C
 
 ARCHIVE_FORMAT = 1
 MANIFEST = "MANIFEST.json"
+PREDICTIONS = "predictions"   # <checkpoint cache>/predictions/<preset>/: stored evaluations (helpers.runner)
 _MEMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.pt$")
+_PREDICTION_MEMBER = re.compile(rf"^{PREDICTIONS}/[A-Za-z0-9][A-Za-z0-9_-]*/[0-9a-f]{{12}}-[0-9a-f]{{40}}\.pt$")
 
 
 class ArchiveError(ValueError):
@@ -148,9 +157,10 @@ class ArchiveError(ValueError):
 
 
 def export_archive(archive: str | os.PathLike, *, preset: str | None = None,
-                   directory: str | os.PathLike | None = None) -> list[str]:
+                   directory: str | os.PathLike | None = None, predictions: bool = True) -> list[str]:
     """Write the cached checkpoints (those of `preset` only, if given) to a `.tar.gz` at `archive`
-    with a manifest of SHA-256 sums; returns the names exported. Written atomically."""
+    with a manifest of SHA-256 sums; returns the names exported. Written atomically.
+    predictions: also the stored evaluations of this code version (`predictions/<preset>/`)."""
     folder = Path(directory) if directory is not None else checkpoint_dir()
     files = sorted(p for p in folder.glob("*.pt") if preset is None or p.name.startswith(f"{preset}-"))
     unfit = [p.name for p in files if not _MEMBER.match(p.name)]
@@ -160,7 +170,14 @@ def export_archive(archive: str | os.PathLike, *, preset: str | None = None,
                            "this version name their files that way) and export again")
     if not files:
         raise FileNotFoundError(f"no checkpoints{f' of preset {preset!r}' if preset else ''} in {folder} to export")
-    manifest = {"format": ARCHIVE_FORMAT, "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}}
+    members = {p.name: p for p in files}
+    if predictions:
+        for p in sorted((folder / PREDICTIONS).glob(f"{preset or '*'}/{code_version()}-*.pt")):
+            name = f"{PREDICTIONS}/{p.parent.name}/{p.name}"
+            if _PREDICTION_MEMBER.match(name):
+                members[name] = p
+    manifest = {"format": ARCHIVE_FORMAT,
+                "files": {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in members.items()}}
 
     def write(tmp: Path) -> None:
         with tarfile.open(tmp, "w:gz") as tar:
@@ -168,11 +185,11 @@ def export_archive(archive: str | os.PathLike, *, preset: str | None = None,
             info = tarfile.TarInfo(MANIFEST)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-            for p in files:
-                tar.add(p, arcname=p.name, recursive=False)
+            for name, p in members.items():
+                tar.add(p, arcname=name, recursive=False)
 
     atomic_write(Path(archive), write)
-    return [p.name for p in files]
+    return list(members)
 
 
 def _read_members(archive: Path) -> dict[str, bytes]:
@@ -184,13 +201,13 @@ def _read_members(archive: Path) -> dict[str, bytes]:
                 name = member.name
                 if name.startswith("/") or os.path.isabs(name):
                     raise ArchiveError(f"{archive.name}: member {name!r} has an absolute path; refused")
-                if ".." in Path(name).parts or "/" in name or "\\" in name:
+                if ".." in Path(name).parts or "\\" in name or ("/" in name and not _PREDICTION_MEMBER.match(name)):
                     raise ArchiveError(f"{archive.name}: member {name!r} points outside the cache folder; refused")
                 if not member.isfile():
                     raise ArchiveError(f"{archive.name}: member {name!r} is not a regular file (link or folder); refused")
-                if name != MANIFEST and not _MEMBER.match(name):
-                    raise ArchiveError(f"{archive.name}: unexpected member {name!r} (only checkpoint .pt files "
-                                       f"and {MANIFEST}); refused")
+                if name != MANIFEST and not _MEMBER.match(name) and not _PREDICTION_MEMBER.match(name):
+                    raise ArchiveError(f"{archive.name}: unexpected member {name!r} (only checkpoint .pt files, "
+                                       f"{PREDICTIONS}/<preset>/ entries and {MANIFEST}); refused")
                 if name in out:
                     raise ArchiveError(f"{archive.name}: member {name!r} appears twice; refused")
                 out[name] = tar.extractfile(member).read()
@@ -200,8 +217,8 @@ def _read_members(archive: Path) -> dict[str, bytes]:
 
 
 def import_archive(archive: str | os.PathLike, *, directory: str | os.PathLike | None = None) -> list[str]:
-    """Verify `archive` (see the module docstring) and copy its checkpoints into the cache; returns
-    their names. Raises `ArchiveError` naming the first bad member, and then writes nothing."""
+    """Verify `archive` (see the module docstring) and copy its checkpoints (and stored evaluations)
+    into the cache; returns their names. Raises `ArchiveError` naming the first bad member, and then writes nothing."""
     archive = Path(archive)
     members = _read_members(archive)
     if MANIFEST not in members:
@@ -223,17 +240,27 @@ def import_archive(archive: str | os.PathLike, *, directory: str | os.PathLike |
         if hashlib.sha256(members[name]).hexdigest() != listed[name]:
             raise ArchiveError(f"{archive.name}: {name!r} does not match its SHA-256 in {MANIFEST} "
                                "(corrupted or tampered with); refused")
+        is_prediction = bool(_PREDICTION_MEMBER.match(name))
         try:
             blob = torch.load(io.BytesIO(members[name]), map_location="cpu", weights_only=True)
-            if blob["format"] != CHECKPOINT_FORMAT or not isinstance(blob["state_dict"], dict):
+            if is_prediction:
+                check_entry(blob)
+            elif blob["format"] != CHECKPOINT_FORMAT or not isinstance(blob["state_dict"], dict):
                 raise ValueError("not a checkpoint of this course's format")
         except Exception as exc:  # noqa: BLE001 - anything unloadable is refused, with the reason
-            raise ArchiveError(f"{archive.name}: {name!r} is not a loadable checkpoint "
+            raise ArchiveError(f"{archive.name}: {name!r} is not a loadable "
+                               f"{'stored evaluation' if is_prediction else 'checkpoint'} "
                                f"({type(exc).__name__}: {str(exc)[:200]}); refused") from None
     folder = Path(directory) if directory is not None else checkpoint_dir()
     for name, data in sorted(members.items()):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
     return sorted(members)
+
+
+def _count(names: Sequence[str]) -> str:
+    evaluations = sum(1 for n in names if n.startswith(f"{PREDICTIONS}/"))
+    return f"{len(names) - evaluations} checkpoints and {evaluations} stored evaluations"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -244,16 +271,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     exp = sub.add_parser("export", help="write the cache (or one preset's part of it) to a .tar.gz archive")
     exp.add_argument("archive", type=Path)
     exp.add_argument("--preset", default=None)
+    exp.add_argument("--no-predictions", action="store_true",
+                     help="leave out the stored evaluations (predictions/<preset>/): the room computes them again")
     imp = sub.add_parser("import", help="verify an archive and copy its checkpoints into the cache")
     imp.add_argument("archive", type=Path)
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
-            names = export_archive(args.archive, preset=args.preset)
-            print(f"exported {len(names)} checkpoints from {checkpoint_dir()} to {args.archive}")
+            names = export_archive(args.archive, preset=args.preset, predictions=not args.no_predictions)
+            print(f"exported {_count(names)} from {checkpoint_dir()} to {args.archive}")
         else:
             names = import_archive(args.archive)
-            print(f"imported {len(names)} checkpoints into {checkpoint_dir()} (every SHA-256 verified)")
+            print(f"imported {_count(names)} into {checkpoint_dir()} (every SHA-256 verified)")
     except (ArchiveError, FileNotFoundError) as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None

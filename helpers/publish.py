@@ -421,6 +421,9 @@ def _timing_rows(runs: Sequence[dict]) -> list[str]:
     if any("checkpoints_written" in r for r in runs):
         rows.append("| checkpoints written | " + " | ".join(
             str(r["checkpoints_written"]) if "checkpoints_written" in r else "—" for r in runs) + " |")
+    if any("evaluations" in r for r in runs):
+        rows.append("| stored evaluations found at the start / computed and stored | " + " | ".join(
+            "{found:,} / {stored:,}".format(**r["evaluations"]) if "evaluations" in r else "—" for r in runs) + " |")
     speeds = [run_speed(r) for r in runs]
     if any(speeds):
         rows.append("| machine speed, course model (train / eval images/s) | " + " | ".join(

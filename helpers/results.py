@@ -292,12 +292,15 @@ def one_run_notes(rows: Sequence[Mapping]) -> str:
 
 def save_timings(preset: str, seconds: Mapping[str, float], *, checkpoints_written: int | None = None,
                  label: str | None = None, name: str = "timings.json",
-                 host_speed: Mapping[str, Mapping] | None = None) -> Path:
+                 host_speed: Mapping[str, Mapping] | None = None,
+                 evaluations: Mapping[str, int] | None = None) -> Path:
     """Write `results/<preset>/<name>`: seconds per notebook (in run order), their total, and what they
     ran on (preset, precision, device and CPU/GPU model, torch version, git commit, date); optionally how
     many checkpoints the run wrote (0: every model came from the cache) and a `label` saying what kind
     of run it was (for instance "warm, from an imported checkpoint archive"), and `host_speed`: the
-    machine's speed measured around the run, {"before": helpers.speed.measure(), "after": ...}."""
+    machine's speed measured around the run, {"before": helpers.speed.measure(), "after": ...}, and
+    `evaluations`: {"found": stored evaluations there at the start, "stored": those the run computed and
+    stored} (`helpers.evaluation.cache_predictions`; found > 0 means some results were served, not computed)."""
     device = pick_device()
     env = environment(device)
     blob = {"preset": preset, "precision": resolve_precision(get_preset(preset).train.precision, device),
@@ -309,6 +312,8 @@ def save_timings(preset: str, seconds: Mapping[str, float], *, checkpoints_writt
         blob["checkpoints_written"] = int(checkpoints_written)
     if label:
         blob["label"] = label
+    if evaluations is not None:
+        blob["evaluations"] = {"found": int(evaluations["found"]), "stored": int(evaluations["stored"])}
     if host_speed:
         blob["host_speed"] = {when: dict(speed) for when, speed in host_speed.items()}
     _check_plain(blob)

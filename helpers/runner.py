@@ -10,10 +10,13 @@ measures the machine's speed on the course model before the first notebook and a
 what machine it was measured on), and counts the checkpoints each notebook writes into the
 checkpoint cache (`helpers.checkpoints.checkpoint_dir`):
 a run from a complete cache (for instance one imported with `python -m helpers.checkpoints import`)
-says "0 checkpoint(s) written", i.e. no model was retrained. The notebooks of one run share a
-temporary folder of evaluated models' logits (`helpers.evaluation.cache_predictions`, keyed by each
-model's content; deleted when the run ends; `--no-shared-predictions` turns it off), so a model
-evaluated in notebook 03 is not evaluated again in 04, 05 or 09.
+says "0 checkpoint(s) written", i.e. no model was retrained. The notebooks of one run share a folder
+of evaluated models' logits (`helpers.evaluation.cache_predictions`, keyed by each model's content and
+the code that evaluated it), so a model evaluated in notebook 03 is not evaluated again in 04, 05 or 09.
+The folder is `<checkpoint cache>/predictions/<preset>/`: it stays for the next run of the same code
+(entries of other code versions are removed when a run starts), travels in a checkpoint archive, and
+`--no-shared-predictions` leaves each notebook on its own. Each notebook's line says how many
+evaluations it stored (what it computed); a run that reuses an archive's says how many it found.
 
 One process for all notebooks instead of one `jupyter nbconvert` per notebook saves about 4 s per
 notebook on a 2-core laptop CPU: nbconvert's own start (importing its exporters and templates) is
@@ -39,7 +42,8 @@ from pathlib import Path
 from typing import Sequence
 
 from helpers._paths import atomic_write, project_root
-from helpers.checkpoints import checkpoint_dir
+from helpers.checkpoints import PREDICTIONS, checkpoint_dir
+from helpers.evaluation import code_version
 from helpers.presets import get_preset
 from helpers.results import save_timings
 from helpers.speed import measure
@@ -90,39 +94,71 @@ def written_checkpoints(before: dict[str, tuple[int, int]], after: dict[str, tup
     return sorted(name for name, state in after.items() if before.get(name) != state)
 
 
+def prediction_folder(cache: Path, preset: str) -> Path:
+    """Where a run keeps its notebooks' evaluations: `<checkpoint cache>/predictions/<preset>/`."""
+    return cache / PREDICTIONS / preset
+
+
+def prepare_prediction_folder(folder: Path) -> tuple[int, int]:
+    """Create `folder` and remove the entries other code versions wrote (they can never be served);
+    returns (entries kept, entries removed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = removed = 0
+    for p in folder.glob("*.pt"):
+        if p.name.startswith(f"{code_version()}-"):
+            kept += 1
+        else:
+            p.unlink(missing_ok=True)
+            removed += 1
+    return kept, removed
+
+
 def run(notebooks: Sequence[Path], preset: str, out_dir: Path, *, cache: Path | None = None,
-        written: dict[str, list[str]] | None = None, share_predictions: bool = True) -> dict[str, float]:
+        written: dict[str, list[str]] | None = None, share_predictions: bool = True,
+        evaluations: dict[str, int] | None = None) -> dict[str, float]:
     """Execute `notebooks` in order; returns {stem: seconds}. Stops at the first failing notebook.
-    After each one, prints its seconds and how many checkpoints it wrote into `cache` (default:
-    `helpers.checkpoints.checkpoint_dir()`); `written`, if given, receives {stem: their file names}.
-    share_predictions: the notebooks share one temporary folder of evaluated models' logits
-    (`helpers.evaluation.cache_predictions`), deleted when the run ends."""
+    After each one, prints its seconds, how many checkpoints it wrote into `cache` (default:
+    `helpers.checkpoints.checkpoint_dir()`) and how many evaluations it stored; `written`, if given,
+    receives {stem: the checkpoints' file names}, `evaluations` {"found": entries of this code version
+    at the start, "stored": entries the run added}.
+    share_predictions: the notebooks share the folder `prediction_folder(cache, preset)` of evaluated
+    models' logits (`helpers.evaluation.cache_predictions`), kept for later runs of the same code."""
     cache = cache or checkpoint_dir()
     missing = [str(p) for p in notebooks if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"no such notebook: {', '.join(missing)}")
     seconds: dict[str, float] = {}
-    shared = tempfile.mkdtemp(prefix="predictions-") if share_predictions else None
+    shared = prediction_folder(cache, preset) if share_predictions else None
     previous = os.environ.get("HELPERS_PREDICTION_CACHE_DIR")
     if shared:   # the kernels inherit it: a model evaluated in one notebook is not evaluated again in the next
-        os.environ["HELPERS_PREDICTION_CACHE_DIR"] = shared
+        kept, removed = prepare_prediction_folder(shared)
+        print(f"== stored evaluations in {shared}: {kept} of this code version"
+              + (f" ({removed} of other versions removed)" if removed else ""), flush=True)
+        os.environ["HELPERS_PREDICTION_CACHE_DIR"] = str(shared)
+        if evaluations is not None:
+            evaluations.update(found=kept, stored=0)
+    else:
+        os.environ.pop("HELPERS_PREDICTION_CACHE_DIR", None)
     try:
         for path in notebooks:
             path = Path(path)
             print(f"== {path.stem} ({preset})", flush=True)
             before = _cache_state(cache)
+            stored_before = _cache_state(shared) if shared else {}
             seconds[path.stem] = round(execute_notebook(path, out_dir), 1)
             new = written_checkpoints(before, _cache_state(cache))
             if written is not None:
                 written[path.stem] = new
-            print(f"   {seconds[path.stem]:.1f} s, {len(new)} checkpoint(s) written", flush=True)
+            added = len(written_checkpoints(stored_before, _cache_state(shared))) if shared else 0
+            if shared and evaluations is not None:
+                evaluations["stored"] += added
+            stored = f", {added} evaluation(s) stored" if shared else ""
+            print(f"   {seconds[path.stem]:.1f} s, {len(new)} checkpoint(s) written{stored}", flush=True)
     finally:
-        if shared:
-            shutil.rmtree(shared, ignore_errors=True)
-            if previous is None:
-                os.environ.pop("HELPERS_PREDICTION_CACHE_DIR", None)
-            else:
-                os.environ["HELPERS_PREDICTION_CACHE_DIR"] = previous
+        if previous is None:
+            os.environ.pop("HELPERS_PREDICTION_CACHE_DIR", None)
+        else:
+            os.environ["HELPERS_PREDICTION_CACHE_DIR"] = previous
     return seconds
 
 
@@ -157,8 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-speed", action="store_true",
                         help="do not measure the machine's speed before and after the run (about 20 s)")
     parser.add_argument("--no-shared-predictions", action="store_true",
-                        help="each notebook evaluates its models itself, even those an earlier notebook of the "
-                             "run evaluated (by default the run's notebooks share a temporary folder of logits)")
+                        help="each notebook evaluates its models itself, even those an earlier notebook or run "
+                             "evaluated (by default the notebooks share <checkpoint cache>/predictions/<preset>/)")
     args = parser.parse_args(argv)
     preset = get_preset().name
     notebooks = args.notebooks or course_notebooks()
@@ -166,10 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     written: dict[str, list[str]] = {}
     host_speed = {}
+    evaluations: dict[str, int] = {}
     if not args.notebooks and not args.no_speed:
         host_speed["before"] = _speed("before the first notebook")
     try:
-        seconds = run(notebooks, preset, out_dir, written=written, share_predictions=not args.no_shared_predictions)
+        seconds = run(notebooks, preset, out_dir, written=written, share_predictions=not args.no_shared_predictions,
+                      evaluations=evaluations)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -184,11 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         host_speed = {when: speed for when, speed in host_speed.items() if speed is not None}
         name = "timings.json" if not args.label else f"timings-{_slug(args.label)}.json"
         path = save_timings(preset, seconds, checkpoints_written=total, label=args.label, name=name,
-                            host_speed=host_speed)
+                            host_speed=host_speed, evaluations=evaluations or None)
         print(f"wrote {path}")
     print(f"{len(seconds)} notebooks ({preset}) in {time.perf_counter() - start:.0f} s; results in results/{preset}/")
     print(f"checkpoint cache {checkpoint_dir()}: {total} checkpoint(s) written by this run"
           + (" (no cached model was retrained)" if total == 0 else ""))
+    if evaluations:
+        print(f"stored evaluations: {evaluations['found']} found at the start (served instead of computed when "
+              f"a notebook asked for them), {evaluations['stored']} computed and stored by this run")
     return 0
 
 

@@ -113,3 +113,59 @@ def test_export_refuses_a_file_import_would_refuse_naming_it_and_writes_nothing(
     with pytest.raises(ArchiveError, match="'smoke-odd name.pt'"):
         export_archive(tmp_path / "smoke.tar.gz", preset="smoke", directory=src)
     assert not (tmp_path / "smoke.tar.gz").exists()
+
+
+def _stored_evaluations(folder, preset="smoke"):
+    """Two entries as `make run` stores them (helpers.evaluation.cache_predictions with the runner's
+    folder): one of this code version, one of an older one (never exported)."""
+    from helpers.evaluation import _pack, code_version
+    target = folder / "predictions" / preset
+    target.mkdir(parents=True, exist_ok=True)
+    current = target / f"{code_version()}-{'a' * 40}.pt"
+    torch.save(_pack(f"{code_version()}:('logits',)", torch.randn(8, 10)), current)
+    torch.save(_pack("000000000000:('logits',)", torch.randn(8, 10)), target / f"000000000000-{'b' * 40}.pt")
+    return current
+
+
+def test_stored_evaluations_of_this_code_version_travel_with_the_checkpoints(tmp_path):
+    src = _cache(tmp_path / "src")
+    entry = _stored_evaluations(src)
+    _stored_evaluations(src, preset="cpu")
+    names = export_archive(tmp_path / "smoke.tar.gz", preset="smoke", directory=src)
+    member = f"predictions/smoke/{entry.name}"
+    assert names == ["smoke-joint-abc.pt", "smoke-student-s0-def.pt", member]   # not cpu's, not the old version
+    assert import_archive(tmp_path / "smoke.tar.gz", directory=tmp_path / "dst") == sorted(names)
+    assert (tmp_path / "dst" / member).read_bytes() == entry.read_bytes()
+    assert export_archive(tmp_path / "bare.tar.gz", preset="smoke", directory=src, predictions=False) == names[:2]
+    run = subprocess.run([sys.executable, "-m", "helpers.checkpoints", "import", str(tmp_path / "smoke.tar.gz")],
+                         capture_output=True, text=True, env={**__import__("os").environ,
+                                                              "HELPERS_CHECKPOINT_DIR": str(tmp_path / "cli")})
+    assert run.returncode == 0 and "2 checkpoints and 1 stored evaluations" in run.stdout
+
+
+@pytest.mark.parametrize("name, message", [
+    ("predictions/smoke/evil.pt", "outside"), ("predictions/../../evil.pt", "outside"),
+    (f"other/smoke/{'0' * 12}-{'a' * 40}.pt", "outside"), (f"predictions/{'0' * 12}-{'a' * 40}.pt", "outside"),
+])
+def test_misplaced_evaluation_members_are_refused(tmp_path, name, message):
+    archive = _archive(tmp_path / "bad.tar.gz", {name: b"x"})
+    with pytest.raises(ArchiveError, match=message):
+        import_archive(archive, directory=tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_tampered_or_non_tensor_evaluation_is_refused_by_name_and_nothing_is_written(tmp_path):
+    src = _cache(tmp_path / "src", names=("smoke-a-1.pt",))
+    entry = _stored_evaluations(src)
+    member = f"predictions/smoke/{entry.name}"
+    good = {"smoke-a-1.pt": (src / "smoke-a-1.pt").read_bytes(), member: entry.read_bytes()}
+    manifest = {n: hashlib.sha256(b).hexdigest() for n, b in good.items()}
+    blob = bytearray(good[member])
+    blob[len(blob) // 2] ^= 0xFF
+    with pytest.raises(ArchiveError, match=f"{member}.*SHA-256"):
+        import_archive(_archive(tmp_path / "t.tar.gz", {**good, member: bytes(blob)}, manifest), directory=tmp_path / "dst")
+    buf = io.BytesIO()
+    torch.save({"key": "x", "value": "not a tensor"}, buf)
+    with pytest.raises(ArchiveError, match=f"{member}.*not a loadable stored evaluation"):
+        import_archive(_archive(tmp_path / "s.tar.gz", {**good, member: buf.getvalue()}), directory=tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()

@@ -154,8 +154,8 @@ def test_a_repair_curve_measures_each_endpoint_once_and_matches_the_uncached_cur
 
     plain = curve()
     with cache_predictions():
-        cache_predictions.keep = classmethod(lambda cls, key, value: (measured.append(key[0]) if key else None,
-                                                                      original(key, value)))
+        cache_predictions.keep = classmethod(lambda cls, key, value, **kw: (measured.append(key[0]) if key else None,
+                                                                            original(key, value, **kw)))
         try:
             cached = curve()
         finally:
@@ -211,3 +211,48 @@ def test_ensembles_that_differ_only_in_their_weights_are_not_confused(tiny_data)
         by_logits = predict_logits(Ensemble(members, combine="mean_logits"), tiny_data.test)
     assert cache_predictions.hits == 0
     assert not torch.equal(uniform, weighted) and not torch.equal(uniform, by_logits)
+
+
+def test_a_stored_entry_belongs_to_the_code_that_computed_it(tiny_data, tmp_path, monkeypatch):
+    """Files are named and keyed by `code_version()` (the helpers package's source and torch's version):
+    after a change to either, nothing stored earlier is served. Logits computed in bfloat16 are stored
+    in bfloat16 (exact, half the bytes) and served as the same float32 values."""
+    monkeypatch.setenv("HELPERS_PREDICTION_CACHE_DIR", str(tmp_path))
+    seed_everything(0)
+    model = course_cnn(0.25).eval()
+    with cache_predictions():
+        fp32 = predict_logits(model, tiny_data.test, precision="fp32")
+        bf16 = predict_logits(model, tiny_data.test, precision="bf16")
+        entries = {torch.load(p, weights_only=True)["value"].dtype for p in tmp_path.glob("*.pt")}
+        assert entries == {torch.float32, torch.bfloat16}
+        assert all(p.name.startswith(evaluation.code_version() + "-") for p in tmp_path.glob("*.pt"))
+        cache_predictions.store.clear()
+        served = predict_logits(model, tiny_data.test, precision="bf16")
+        assert cache_predictions.hits == 1 and served.dtype == torch.float32 and torch.equal(served, bf16)
+        monkeypatch.setattr(evaluation, "code_version", lambda: "0123456789ab")   # edited helpers
+        cache_predictions.store.clear()
+        assert torch.equal(predict_logits(model, tiny_data.test, precision="fp32"), fp32)
+        assert cache_predictions.hits == 1                        # computed again, not served
+        assert len(list(tmp_path.glob("0123456789ab-*.pt"))) == 1
+
+
+def test_a_class_without_readable_source_is_served_in_memory_but_never_stored(tiny_data, tmp_path, monkeypatch):
+    """Another process could define another class of the same name: only classes whose source the key
+    holds (PyTorch's, the helpers package's, or a file's digest) go into the shared folder."""
+    monkeypatch.setenv("HELPERS_PREDICTION_CACHE_DIR", str(tmp_path))
+    namespace = {"nn": nn, "__name__": "typed_at_a_prompt"}
+    exec("class Head(nn.Module):\n"
+         "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(3 * 32 * 32, 10)\n"
+         "    def forward(self, x):\n        return self.fc(x.flatten(1))\n", namespace)
+    assert evaluation.class_source(namespace["Head"]) is None
+    assert evaluation.class_source(nn.Linear) == "" and evaluation.class_source(type(course_cnn(0.25))) == ""
+    assert evaluation.class_source(Tempered) == __import__("hashlib").sha256(
+        open(__file__, "rb").read()).hexdigest()[:16]   # a user's class: its file's digest is in the key
+    torch.manual_seed(0)
+    model = namespace["Head"]().eval()
+    with cache_predictions():
+        first = predict_logits(model, tiny_data.test)
+        assert torch.equal(predict_logits(model, tiny_data.test), first) and cache_predictions.hits == 1
+        assert not list(tmp_path.iterdir())
+        predict_logits(Tempered().eval(), tiny_data.test)
+        assert len(list(tmp_path.glob("*.pt"))) == 1

@@ -94,10 +94,12 @@ def test_a_rewritten_checkpoint_counts_as_written():
     assert runner._cache_state(__import__("pathlib").Path("/nonexistent-cache")) == {}
 
 
-def test_the_notebooks_of_one_run_share_a_prediction_folder_that_goes_with_the_run(tmp_path, monkeypatch):
-    """A model evaluated in one notebook is served to the next from the run's folder (real kernels,
-    helpers.evaluation.cache_predictions); the folder is deleted when the run ends, and
-    share_predictions=False leaves each notebook on its own."""
+def test_the_notebooks_share_a_prediction_folder_kept_for_the_next_run_of_the_same_code(tmp_path, monkeypatch):
+    """A model evaluated in one notebook is served to the next from `<cache>/predictions/<preset>/` (real
+    kernels, helpers.evaluation.cache_predictions); the folder stays, so the next run computes nothing,
+    entries of another code version are removed when a run starts, and share_predictions=False leaves
+    each notebook on its own."""
+    from helpers.evaluation import code_version
     monkeypatch.delenv("HELPERS_PREDICTION_CACHE_DIR", raising=False)
     setup = ("import os, torch\n"
              "from helpers.evaluation import cache_predictions, predict_logits\n"
@@ -109,17 +111,27 @@ def test_the_notebooks_of_one_run_share_a_prediction_folder_that_goes_with_the_r
              "print(os.environ.get('HELPERS_PREDICTION_CACHE_DIR'), cache_predictions.hits)")
     first = _notebook(tmp_path / "01_a.ipynb", setup)
     second = _notebook(tmp_path / "02_b.ipynb", setup)
-    out = tmp_path / "build"
-    runner.run([first, second], "smoke", out)
-    lines = [nbformat.read(str(out / name), as_version=4).cells[0].outputs[0]["text"].split()
-             for name in ("01_a.ipynb", "02_b.ipynb")]
-    folder = lines[0][0]
-    assert folder != "None" and lines[1][0] == folder
-    assert [line[1] for line in lines] == ["0", "1"]          # computed in 01, served in 02
-    assert not os.path.exists(folder)            # deleted with the run
-    assert "HELPERS_PREDICTION_CACHE_DIR" not in os.environ
+    out, cache = tmp_path / "build", tmp_path / "cache"
+    folder = cache / "predictions" / "smoke"
 
-    runner.run([first, second], "smoke", out, share_predictions=False)
-    lines = [nbformat.read(str(out / name), as_version=4).cells[0].outputs[0]["text"].split()
-             for name in ("01_a.ipynb", "02_b.ipynb")]
-    assert lines == [["None", "0"], ["None", "0"]]
+    def outputs():
+        return [nbformat.read(str(out / name), as_version=4).cells[0].outputs[0]["text"].split()
+                for name in ("01_a.ipynb", "02_b.ipynb")]
+
+    counts = {}
+    runner.run([first, second], "smoke", out, cache=cache, evaluations=counts)
+    assert outputs() == [[str(folder), "0"], [str(folder), "1"]]      # computed in 01, served in 02
+    assert counts == {"found": 0, "stored": 1}
+    stored = list(folder.glob("*.pt"))
+    assert len(stored) == 1 and stored[0].name.startswith(code_version() + "-")
+    assert "HELPERS_PREDICTION_CACHE_DIR" not in os.environ
+    stale = folder / f"000000000000-{'0' * 40}.pt"
+    stale.write_bytes(b"written by other code")
+
+    counts = {}
+    runner.run([first, second], "smoke", out, cache=cache, evaluations=counts)
+    assert [line[1] for line in outputs()] == ["1", "1"]               # the next run computes nothing
+    assert counts == {"found": 1, "stored": 0} and not stale.exists()
+
+    runner.run([first, second], "smoke", out, cache=cache, share_predictions=False)
+    assert outputs() == [["None", "0"], ["None", "0"]]
