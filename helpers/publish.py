@@ -453,6 +453,7 @@ def workshop_timing(ws: dict, others: Sequence[dict] = ()) -> str:
 
 
 CPU_TARGET_SECONDS = 2700              # the cpu preset's budget: the whole course cold in 45 minutes
+WARM_TARGET_SECONDS = 300              # a run that retrains nothing (from an imported archive): 5 minutes
 
 
 def _cpu_runs(folder: Path) -> tuple[dict, list[dict]]:
@@ -482,8 +483,10 @@ def cpu_timing(folder: Path) -> str:
             f"{total:,.0f} s ({total / 60:.1f} min), {_within(total, CPU_TARGET_SECONDS)} the course's 45-minute budget.")
     for other in others:
         if other.get("label"):
+            warm = (f", {_within(other['total_seconds'], WARM_TARGET_SECONDS)} the five-minute target for a run "
+                    "that retrains nothing" if other.get("checkpoints_written") == 0 else "")
             text += (f" The column \"{other['label']}\" is a run of commit `{other['git_commit']}` with the same "
-                     f"preset ({other['total_seconds']:,.0f} s in all).")
+                     f"preset ({other['total_seconds']:,.0f} s in all{warm}).")
     if missing:
         text += (f" Not measured for this preset: a whole run in {' or '.join(missing)} (the `workshop` preset is "
                  "the one sized for machines without bfloat16 units).")

@@ -192,7 +192,15 @@ def test_the_cpu_timing_table_shows_cold_and_labelled_runs(tmp_path):
     (tmp_path / "timings-warm.json").write_text(json.dumps(warm))
     text = cpu_timing(tmp_path)
     assert "| 02_b | 2,500 s | 40 s |" in text and "| checkpoints written | 40 | 0 |" in text
-    assert 'The column "warm, from an imported archive" is a run of commit `def456`' in text
+    assert ('The column "warm, from an imported archive" is a run of commit `def456` with the same preset '
+            '(60 s in all, within the five-minute target for a run that retrains nothing)') in text
+    assert "stored evaluations found" not in text           # older timings files do not record them
+    served = dict(warm, label="served, warm", total_seconds=400.0, evaluations={"found": 248, "stored": 3})
+    (tmp_path / "timings-served.json").write_text(json.dumps(served))
+    text = cpu_timing(tmp_path)
+    assert "(400 s in all, over the five-minute target" in text
+    assert "| stored evaluations found at the start / computed and stored | — | 248 / 3 | — |" in text
+    (tmp_path / "timings-served.json").unlink()
     (tmp_path / "timings-warm.json").write_text(json.dumps(dict(warm, label=None)))
     with pytest.raises(PublishError, match="commit abc123, not def456"):
         cpu_timing(tmp_path)
