@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from helpers.data import TensorData, iterate_batches
 from helpers.devices import autocast, model_device, resolve_precision
-from helpers.evaluation import evaluate
+from helpers.evaluation import evaluate, memoized, tensor_digest
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -124,11 +124,29 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device: torch.
 
     This is `torch.optim.swa_utils.update_bn` (reset the statistics, then a cumulative average
     over all batches, then restore momentum and training mode), run under the same autocast as
-    training so it costs about one forward pass per image."""
+    training so it costs about one forward pass per image. While `cache_predictions` is on and
+    `batches` is a list or tuple, the resulting buffers are kept like logits (keyed by the model's
+    content before the update and the batches' content): the same merge recalibrated again, in
+    this notebook or a later one, gets the stored statistics, bit for bit."""
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
-    with autocast(device, resolve_precision(precision, device)):
-        update_bn(batches, model, device=device)
+    precision = resolve_precision(precision, device)
+
+    def compute() -> dict[str, torch.Tensor]:
+        with autocast(device, precision):
+            update_bn(batches, model, device=device)
+        return {name: buf.detach().cpu().clone() for name, buf in model.named_buffers()}
+
+    if not isinstance(batches, (list, tuple)):   # an iterator would be used up by the key: never cached
+        compute()
+        return model
+    buffers = memoized("batchnorm_statistics", model,
+                       lambda: (tuple(tensor_digest(b[0] if isinstance(b, (tuple, list)) else b) for b in batches),
+                                str(device), precision),
+                       compute)
+    with torch.no_grad():   # after compute() this writes the same values again; after a hit, the stored ones
+        for name, buf in model.named_buffers():
+            buf.copy_(buffers[name])
     return model
 
 

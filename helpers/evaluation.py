@@ -8,7 +8,8 @@ Separate from `helpers.training` so that the modules that merge or combine model
 the same weights as one already evaluated gets a copy of the stored logits. An interpolation curve's
 endpoints, a greedy soup's ingredients and a pair's members evaluated again in a later cell then cost
 nothing; REPAIR's per-channel statistics of an endpoint (`helpers.alignment`) are kept the same way,
-so a curve of REPAIRed merges measures each endpoint once, not at every alpha. The key is the model's
+so a curve of REPAIRed merges measures each endpoint once, not at every alpha, and so are the BatchNorm
+statistics `helpers.averaging.recalibrate_batchnorm` computes for a merge. The key is the model's
 content (`model_signature`: every module's class and settings, every parameter and buffer), the
 data's content, the batch size, the device and the precision, so a changed weight is never served
 stale logits. A model with forward hooks, or with attributes the signature cannot read, is always
@@ -300,8 +301,8 @@ def _copy(value):
 def memoized(kind: str, model: nn.Module, parts: Callable[[], tuple], compute: Callable[[], T]) -> T:
     """`compute()`, or, while `cache_predictions` is on, a copy of what it returned before for the same
     `kind`, the same model content (`model_signature`) and the same `parts()` (the inputs and settings;
-    only called when the model can be cached). The one place `predict_logits` and REPAIR's statistics
-    go through the cache."""
+    only called when the model can be cached). The one place `predict_logits`, REPAIR's statistics and
+    BatchNorm recalibration go through the cache."""
     signature, shareable = cached_signature(model)
     if signature is None:
         return compute()

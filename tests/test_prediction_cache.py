@@ -256,3 +256,35 @@ def test_a_class_without_readable_source_is_served_in_memory_but_never_stored(ti
         assert not list(tmp_path.iterdir())
         predict_logits(Tempered().eval(), tiny_data.test)
         assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+def test_a_recalibration_is_kept_like_logits_and_served_bit_for_bit(tiny_data, tmp_path, monkeypatch):
+    """recalibrate_batchnorm under the cache: the same model and batches get the stored statistics (here
+    a BatchNorm1d MLP, not a course architecture), from memory or from another process's file; other
+    batches or a changed weight are recalibrated again; an iterator of batches is never cached (the key
+    would use it up) and gives the same statistics as the list."""
+    from helpers.averaging import recalibrate_batchnorm
+
+    monkeypatch.setenv("HELPERS_PREDICTION_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    batches = recalibration_batches(tiny_data.train, num_images=128, batch_size=64)
+    others = recalibration_batches(tiny_data.train, num_images=128, batch_size=64, seed=1)
+    reference = recalibrate_batchnorm(copy.deepcopy(mlp), batches).state_dict()       # cache off
+    with cache_predictions():
+        first = recalibrate_batchnorm(copy.deepcopy(mlp), batches)
+        assert cache_predictions.hits == 0 and len(list(tmp_path.glob("*.pt"))) == 1
+        cache_predictions.store.clear()                                              # another kernel
+        served = recalibrate_batchnorm(copy.deepcopy(mlp), batches)
+        assert cache_predictions.hits == 1
+        for state in (first.state_dict(), served.state_dict()):
+            assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
+        assert not torch.equal(recalibrate_batchnorm(copy.deepcopy(mlp), others)[2].running_mean,
+                               reference["2.running_mean"])
+        changed = copy.deepcopy(mlp)
+        with torch.no_grad():
+            changed[1].weight.mul_(2)
+        recalibrate_batchnorm(changed, batches)
+        streamed = recalibrate_batchnorm(copy.deepcopy(mlp), iter(batches))
+        assert cache_predictions.hits == 1                                           # no further hit
+        assert torch.equal(streamed[2].running_var, reference["2.running_var"])
