@@ -201,8 +201,12 @@ def _read_members(archive: Path) -> dict[str, bytes]:
                 name = member.name
                 if name.startswith("/") or os.path.isabs(name):
                     raise ArchiveError(f"{archive.name}: member {name!r} has an absolute path; refused")
-                if ".." in Path(name).parts or "\\" in name or ("/" in name and not _PREDICTION_MEMBER.match(name)):
+                if ".." in Path(name).parts or "\\" in name:
                     raise ArchiveError(f"{archive.name}: member {name!r} points outside the cache folder; refused")
+                if "/" in name and not _PREDICTION_MEMBER.match(name):
+                    raise ArchiveError(f"{archive.name}: unexpected member {name!r} (a folder holds only stored "
+                                       f"evaluations, named {PREDICTIONS}/<preset>/<12 hex digits>-<40 hex "
+                                       "digits>.pt); refused")
                 if not member.isfile():
                     raise ArchiveError(f"{archive.name}: member {name!r} is not a regular file (link or folder); refused")
                 if name != MANIFEST and not _MEMBER.match(name) and not _PREDICTION_MEMBER.match(name):
@@ -273,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     exp.add_argument("--preset", default=None)
     exp.add_argument("--no-predictions", action="store_true",
                      help="leave out the stored evaluations (predictions/<preset>/): the room computes them again")
-    imp = sub.add_parser("import", help="verify an archive and copy its checkpoints into the cache")
+    imp = sub.add_parser("import", help="verify an archive and copy its checkpoints (and stored evaluations) "
+                                        "into the cache")
     imp.add_argument("archive", type=Path)
     args = parser.parse_args(argv)
     try:
