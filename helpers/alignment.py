@@ -42,7 +42,7 @@ from torch import nn
 
 from helpers.averaging import check_compatible, has_batchnorm, recalibrate_batchnorm
 from helpers.devices import autocast, eval_mode, resolve_precision
-from helpers.evaluation import memoized, tensor_digest
+from helpers.evaluation import batches_digest, memoized
 
 PASS_THROUGH = (
     nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardswish, nn.ReLU6,
@@ -360,7 +360,7 @@ def _output_stats(model: nn.Module, batches: Sequence, device: torch.device, pre
     """Per module of `kinds` (or named in `names`): (mean, std) of each output channel (dim 1) over
     `batches`, in eval mode, accumulated in float64. Kept by `cache_predictions` when it is on."""
     return memoized("output_stats", model,
-                    lambda: (tuple(tensor_digest(b[0] if isinstance(b, (tuple, list)) else b) for b in batches),
+                    lambda: (batches_digest(batches),
                              tuple(sorted(k.__name__ for k in kinds)),
                              None if names is None else tuple(sorted(names)), str(device), precision),
                     lambda: _measure_output_stats(model, batches, device, precision, kinds, names))

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from helpers.data import TensorData, iterate_batches
 from helpers.devices import autocast, model_device, resolve_precision
-from helpers.evaluation import evaluate, memoized, tensor_digest
+from helpers.evaluation import batches_digest, evaluate, memoized
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -141,7 +141,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device: torch.
         compute()
         return model
     buffers = memoized("batchnorm_statistics", model,
-                       lambda: (tuple(tensor_digest(b[0] if isinstance(b, (tuple, list)) else b) for b in batches),
+                       lambda: (batches_digest(batches),
                                 str(device), precision),
                        compute)
     with torch.no_grad():   # after compute() this writes the same values again; after a hit, the stored ones

@@ -230,6 +230,11 @@ def tensor_digest(t: torch.Tensor) -> str:
     return digest
 
 
+def batches_digest(batches) -> tuple[str, ...]:
+    """`tensor_digest` of each batch's inputs (`x`, or `x` of an `(x, y)` pair): the batches' part of a key."""
+    return tuple(tensor_digest(b[0] if isinstance(b, (tuple, list)) else b) for b in batches)
+
+
 def model_signature(model: nn.Module) -> str | None:
     """A digest of what determines `model`'s outputs in eval mode: each module's name, class, settings
     (`extra_repr` and public attributes: plain data or tensors) and every parameter and buffer, persistent

@@ -60,6 +60,10 @@ def test_tampered_member_is_refused_by_name_and_nothing_is_written(tmp_path):
 
 @pytest.mark.parametrize("name, message", [
     ("../evil.pt", "outside"), ("/etc/evil.pt", "absolute"), ("sub/evil.pt", "unexpected"), ("run.sh", "unexpected"),
+    # stored evaluations: only predictions/<preset>/<12 hex>-<40 hex>.pt
+    ("predictions/smoke/evil.pt", "unexpected"), ("predictions/../../evil.pt", "outside"),
+    (f"other/smoke/{'0' * 12}-{'a' * 40}.pt", "unexpected"), (f"predictions/{'0' * 12}-{'a' * 40}.pt", "unexpected"),
+    (f"predictions/smoke/sub/{'0' * 12}-{'a' * 40}.pt", "unexpected"),
 ])
 def test_bad_member_names_are_refused(tmp_path, name, message):
     archive = _archive(tmp_path / "bad.tar.gz", {name: b"x"})
@@ -141,18 +145,6 @@ def test_stored_evaluations_of_this_code_version_travel_with_the_checkpoints(tmp
                          capture_output=True, text=True, env={**__import__("os").environ,
                                                               "HELPERS_CHECKPOINT_DIR": str(tmp_path / "cli")})
     assert run.returncode == 0 and "2 checkpoints and 1 stored evaluations" in run.stdout
-
-
-@pytest.mark.parametrize("name, message", [
-    ("predictions/smoke/evil.pt", "unexpected"), ("predictions/../../evil.pt", "outside"),
-    (f"other/smoke/{'0' * 12}-{'a' * 40}.pt", "unexpected"), (f"predictions/{'0' * 12}-{'a' * 40}.pt", "unexpected"),
-    (f"predictions/smoke/sub/{'0' * 12}-{'a' * 40}.pt", "unexpected"),
-])
-def test_misplaced_evaluation_members_are_refused(tmp_path, name, message):
-    archive = _archive(tmp_path / "bad.tar.gz", {name: b"x"})
-    with pytest.raises(ArchiveError, match=message):
-        import_archive(archive, directory=tmp_path / "dst")
-    assert not (tmp_path / "dst").exists()
 
 
 def test_a_tampered_or_non_tensor_evaluation_is_refused_by_name_and_nothing_is_written(tmp_path):
