@@ -23,9 +23,10 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
-from helpers.data import TensorData, iterate_batches
+from helpers.data import DataLike, TensorData, as_data, as_tensor_data, is_xy_pair, iterate_batches
 from helpers.devices import autocast, model_device, resolve_precision
-from helpers.evaluation import batches_digest, evaluate, memoized
+from helpers._prediction_cache import batches_digest, memoized
+from helpers.evaluation import evaluate
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -150,12 +151,26 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device: torch.
     return model
 
 
-def recalibration_batches(data: TensorData, *, num_images: int = 5000, batch_size: int = 500, seed: int = 0):
+def recalibration_batches(data: DataLike, *, num_images: int = 5000, batch_size: int = 500, seed: int = 0):
     """`num_images` random training images (no augmentation) as `(x, y)` batches for
     `recalibrate_batchnorm`. A list, so it can be reused for several models."""
+    data = as_tensor_data(data, name="recalibration data")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=g)[:num_images]
     return list(iterate_batches(data.subset(idx), batch_size))
+
+
+def _recalibration_source(recalibrate) -> list | None:
+    """`recalibrate=` of the curve and soup helpers as a list of batches: None; training data as tensors
+    (a `TensorData` or `(x, y)`: `recalibration_batches` of it); or ready batches (a list of `(x, y)` or
+    of inputs, or a DataLoader: used as given, one pass)."""
+    if recalibrate is None:
+        return None
+    if isinstance(recalibrate, TensorData) or is_xy_pair(recalibrate):
+        return recalibration_batches(recalibrate)
+    if isinstance(recalibrate, (list, tuple)):
+        return list(recalibrate)
+    return list(as_data(recalibrate, name="recalibrate"))
 
 
 @dataclass
@@ -192,8 +207,8 @@ def loss_barrier(alphas: Sequence[float], values: Sequence[float], *, metric: st
     return max(sign * (v - ((1 - a) * v0 + a * v1)) for a, v in zip(alphas, values))
 
 
-def interpolation_curve(model_a: nn.Module, model_b: nn.Module, data: TensorData, alphas: Sequence[float], *,
-                        recalibrate: TensorData | Sequence | None = None, device: torch.device | str | None = None,
+def interpolation_curve(model_a: nn.Module, model_b: nn.Module, data: DataLike, alphas: Sequence[float], *,
+                        recalibrate: DataLike | Sequence | None = None, device: torch.device | str | None = None,
                         after_merge: Callable[[nn.Module, float], nn.Module] | None = None,
                         progress: bool = True, desc: str = "interpolate") -> InterpolationCurve:
     """Evaluate `interpolate(model_a, model_b, alpha)` on `data` (the test set) for each alpha.
@@ -207,7 +222,7 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, data: TensorData
 
     batches = None
     if recalibrate is not None:
-        batches = recalibration_batches(recalibrate) if isinstance(recalibrate, TensorData) else recalibrate
+        batches = _recalibration_source(recalibrate)
     accuracy, loss = [], []
     for alpha in tqdm(list(alphas), desc=desc, disable=not progress, leave=False):
         merged = interpolate(model_a, model_b, float(alpha))
@@ -221,8 +236,8 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, data: TensorData
     return InterpolationCurve([float(a) for a in alphas], accuracy, loss, recalibrated=batches is not None)
 
 
-def greedy_soup(models: Sequence[nn.Module], val_data: TensorData, *,
-                recalibrate: TensorData | Sequence | None = None, device: torch.device | str | None = None,
+def greedy_soup(models: Sequence[nn.Module], val_data: DataLike, *,
+                recalibrate: DataLike | Sequence | None = None, device: torch.device | str | None = None,
                 progress: bool = True) -> tuple[nn.Module, list[int]]:
     """A greedy model soup (Wortsman et al., 2022): ingredients sorted by validation accuracy, best
     first; each is added to the uniform average of those kept so far only if the soup's validation
@@ -237,7 +252,7 @@ def greedy_soup(models: Sequence[nn.Module], val_data: TensorData, *,
     check_compatible([m.state_dict() for m in models])
     batches = None
     if recalibrate is not None:
-        batches = recalibration_batches(recalibrate) if isinstance(recalibrate, TensorData) else list(recalibrate)
+        batches = _recalibration_source(recalibrate)
 
     def soup_of(indices: list[int]) -> nn.Module:
         soup = copy.deepcopy(models[indices[0]])

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from helpers._paths import atomic_write, project_root, resolve_user_path
-from helpers.evaluation import check_entry, code_version
+from helpers._prediction_cache import check_entry, code_version
 from helpers.training import History
 
 CHECKPOINT_FORMAT = 1

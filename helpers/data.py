@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,37 +41,84 @@ class DataNotFoundError(RuntimeError):
 
 @dataclass
 class TensorData:
-    """A labelled image set held as tensors.
+    """A labelled set held as tensors: the course's CIFAR-10, or anyone's data.
 
-    images: (N, 3, 32, 32) uint8; labels: (N,) int64; `source` says where it came from."""
+    images: (N, ...) — the course's are (N, 3, 32, 32) uint8; yours may be any uint8 or float tensor
+        whose first dimension is N (images (N, C, H, W), or features (N, D) for an MLP).
+    labels: (N,) int64 class indices in [0, len(classes)).
+    classes: the class names (default CIFAR-10's).
+    mean, std: per-channel statistics that batches are standardised with, `(x - mean) / std`, on the
+        images' own scale (0-255 for uint8). Default: CIFAR-10's for uint8 (N, 3, 32, 32) images with
+        CIFAR-10's classes; none for float images (used as given: normalisation belongs to the data);
+        uint8 images of any other shape or classes must say theirs, so another dataset is never
+        standardised with CIFAR-10's statistics by accident."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...] = CLASSES
     source: str = "unknown"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"images must be (N, 3, H, W), got {tuple(self.images.shape)}")
-        if self.images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8, got {self.images.dtype}")
+        if not isinstance(self.images, torch.Tensor) or not isinstance(self.labels, torch.Tensor):
+            raise TypeError(f"images and labels must be tensors, got {type(self.images).__name__} and "
+                            f"{type(self.labels).__name__}")
+        if self.images.ndim < 2:
+            raise ValueError(f"images must be (N, ...) with one row per example, got {tuple(self.images.shape)}")
+        if self.images.dtype != torch.uint8 and not self.images.is_floating_point():
+            raise ValueError(f"images must be uint8 or floating point, got {self.images.dtype}")
         if self.labels.shape != (len(self.images),):
-            raise ValueError(f"labels must be ({len(self.images)},), got {tuple(self.labels.shape)}")
+            raise ValueError(f"labels must be ({len(self.images)},) to match {len(self.images)} images, "
+                             f"got {tuple(self.labels.shape)}")
+        if self.labels.dtype != torch.long:
+            raise ValueError(f"labels must be int64 class indices, got {self.labels.dtype}")
+        self.classes = tuple(self.classes)
+        if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.classes):
+            raise ValueError(f"labels run from {int(self.labels.min())} to {int(self.labels.max())}, outside the "
+                             f"{len(self.classes)} classes 0..{len(self.classes) - 1}: pass classes= with one name "
+                             "per class")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean= and std=, or neither")
+        if self.mean is None and self.images.dtype == torch.uint8:
+            if tuple(self.images.shape[1:]) == (3, 32, 32) and self.classes == CLASSES:
+                self.mean, self.std = MEAN, STD
+            else:
+                raise ValueError(
+                    f"uint8 images of shape {tuple(self.images.shape[1:])} (classes: {len(self.classes)}) need their "
+                    "own statistics: pass mean= and std= (one value per channel, 0-255 scale), e.g. "
+                    "mean=tuple(images.float().mean((0, 2, 3)).tolist()); CIFAR-10's are only assumed for "
+                    "(3, 32, 32) images with CIFAR-10's classes")
+        if self.mean is not None:
+            self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
+            channels = self.images.shape[1]
+            if len(self.mean) != channels or len(self.std) != channels:
+                raise ValueError(f"mean and std need one value per channel ({channels}), got {len(self.mean)} and "
+                                 f"{len(self.std)}")
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _like(self, images: torch.Tensor, labels: torch.Tensor) -> "TensorData":
+        return TensorData(images, labels, self.classes, self.source, self.mean, self.std)
+
     def subset(self, indices: torch.Tensor | Sequence[int]) -> "TensorData":
         """The images at `indices` (a new TensorData; tensors are copied)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return TensorData(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)],
-                          self.classes, self.source)
+        return self._like(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)])
 
     def to(self, device: torch.device | str) -> "TensorData":
         """The data on `device`: itself when it is already there (keeping its cached pixel rows)."""
         if self.images.device == torch.device(device) and self.labels.device == torch.device(device):
             return self
-        return TensorData(self.images.to(device), self.labels.to(device), self.classes, self.source)
+        return self._like(self.images.to(device), self.labels.to(device))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of these images as float32 model inputs: standardised with `mean` / `std` when set,
+        else as given (float data)."""
+        if self.mean is None:
+            return images.float()
+        return normalize(images, self.mean, self.std)
 
     def pixel_rows(self) -> torch.Tensor:
         """The images as one row per pixel, (N * H * W, 3) (see `augment`): made once per TensorData
@@ -329,11 +376,12 @@ def synthetic_cifar(num_train: int = 2048, num_test: int = 512, *, seed: int = 0
 # Batches
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 in the same memory layout, standardised per channel with
-    CIFAR-10's mean and std: `(x - mean) / std`, computed in place in one new tensor."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+def normalize(images: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
+    """(N, C, ...) -> float32 in the same memory layout, standardised per channel: `(x - mean) / std`
+    (default CIFAR-10's statistics, 0-255 scale), computed in place in one new tensor."""
+    shape = (1, len(mean)) + (1,) * (images.ndim - 2)
+    mean = torch.tensor(mean, device=images.device).view(shape)
+    std = torch.tensor(std, device=images.device).view(shape)
     return torch.empty_like(images, dtype=torch.float32).copy_(images).sub_(mean).div_(std)
 
 
@@ -388,13 +436,18 @@ def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | str | None = None,
                     drop_last: bool = False, start_batch: int = 0,
                     stop_batch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield `(x, y)` batches: x (B, 3, 32, 32) float normalised (channels_last), y (B,) int64.
+    """Yield `(x, y)` batches: x (B, ...) float32 model inputs (`data.normalize`; images in channels_last),
+    y (B,) int64.
 
     Shuffling and augmentation draw from `generator` (CPU), so a seed fixes the whole stream.
     `start_batch` / `stop_batch` yield only batches `[start_batch, stop_batch)` of that stream, the
-    same ones a full pass would yield there (skipped batches still advance the generator)."""
+    same ones a full pass would yield there (skipped batches still advance the generator).
+    Augmentation (random crop + flip) needs images `(N, C, H, W)`."""
     if (shuffle or augment_images) and generator is None:
         raise ValueError("shuffle/augment need a seeded torch.Generator (pass generator=...)")
+    if augment_images and data.images.ndim != 4:
+        raise ValueError(f"augmentation (random crop and flip) needs images (N, C, H, W), got "
+                         f"{tuple(data.images.shape)}: train with TrainConfig(augment=False)")
     device = torch.device(device) if device is not None else data.images.device
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -407,17 +460,137 @@ def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False,
                 _augment_draws(len(order[start:start + batch_size]), generator, AUGMENT_PAD)
             continue
         idx = order[start:start + batch_size].to(data.images.device)
-        if augment_images:  # gather, crop and flip the uint8 pixels at once; normalise only the result
+        if augment_images:  # gather, crop and flip the pixels at once; normalise only the result
             x = augment(data.images, generator, index=idx, pixel_rows=data.pixel_rows())
-            x = normalize(x.to(device, non_blocking=True))
+            x = data.normalize(x.to(device, non_blocking=True))
         else:
-            x = normalize(data.images[idx].to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+            x = data.normalize(data.images[idx].to(device, non_blocking=True))
+            if x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
         y = data.labels[idx].to(device, non_blocking=True)
         yield x, y
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Anyone's data: the three kinds every data-taking helper accepts
+
+
+class Batches:
+    """Any re-iterable of `(x, y)` batches — a `torch.utils.data.DataLoader`, a list of pairs — used as
+    given: its own batch size, order, augmentation and normalisation; only moved to the device.
+
+    Training helpers take one pass over it per epoch (`len(batches)` optimiser steps, so it needs a
+    length); evaluation takes one pass. Seeds of the course's helpers do not reach it: seed your
+    DataLoader's `generator` for a reproducible order."""
+
+    def __init__(self, batches: Iterable, *, name: str = "data") -> None:
+        if isinstance(batches, Iterator):
+            raise TypeError(f"{name}: got a one-shot iterator ({type(batches).__name__}); pass something that can "
+                            "be iterated again, such as a DataLoader or a list of (x, y) batches")
+        self.batches = batches
+        self.name = name
+        self.device: torch.device | None = None
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i, batch in enumerate(self.batches):
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2
+                    and all(isinstance(t, torch.Tensor) for t in batch)):
+                what = type(batch).__name__ + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+                raise TypeError(f"{self.name}: batch {i} is a {what}; each batch must be a pair (x, y) of tensors")
+            x, y = batch
+            if len(x) != len(y):
+                raise ValueError(f"{self.name}: batch {i} has {len(x)} inputs but {len(y)} labels")
+            if self.device is not None:
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield x, y.long()
+
+    def __len__(self) -> int:
+        """Batches per pass."""
+        try:
+            return len(self.batches)
+        except TypeError:
+            raise TypeError(f"{self.name}: {type(self.batches).__name__} has no len(); training needs the number of "
+                            "batches per epoch (a DataLoader over a map-style dataset has one)") from None
+
+    def to(self, device: torch.device | str) -> "Batches":
+        out = Batches(self.batches, name=self.name)
+        out.device = torch.device(device)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Batches({type(self.batches).__name__}, name={self.name!r})"
+
+
+# What every data-taking helper accepts (`as_data`): the course's tensors, `(x, y)` tensors, or batches.
+DataLike = "TensorData | tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]"
+
+ACCEPTED = ("a helpers.data.TensorData, a pair (x, y) of tensors with one row per example, or a re-iterable of "
+            "(x, y) batches such as a torch DataLoader")
+
+
+def as_data(data, *, name: str = "data") -> "TensorData | Batches":
+    """`data` as one of the two forms the helpers compute with: a `TensorData` (the course's data, or
+    `(x, y)` tensors: float inputs used as given, labels 0..C-1), or `Batches` (a DataLoader or any other
+    re-iterable of `(x, y)` batches). Anything else is a `TypeError` naming what was passed."""
+    if isinstance(data, (TensorData, Batches)):
+        return data
+    if isinstance(data, DataSplits):
+        raise TypeError(f"{name}: got a DataSplits; pass one of its parts (data.train, data.val or data.test)")
+    if is_xy_pair(data):
+        return tensor_data(*data, name=name)
+    if isinstance(data, torch.Tensor):
+        raise TypeError(f"{name}: got a single tensor {tuple(data.shape)}; pass inputs and labels as a pair (x, y)")
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        raise TypeError(f"{name}: got a Dataset ({type(data).__name__}), which yields single examples; wrap it in "
+                        "torch.utils.data.DataLoader(dataset, batch_size=...)")
+    if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
+        raise TypeError(f"{name}: got {type(data).__name__}; expected {ACCEPTED}")
+    return Batches(data, name=name)
+
+
+def is_xy_pair(data) -> bool:
+    """Whether `data` is a pair `(x, y)` of a whole set: x (N, ...), y (N,) integer labels."""
+    return (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+            and data[0].ndim >= 1 and data[1].ndim == 1 and len(data[0]) == len(data[1]) > 0
+            and not data[1].is_floating_point() and not data[1].is_complex())
+
+
+def tensor_data(x: torch.Tensor, y: torch.Tensor, *, classes: Sequence[str] | None = None,
+                name: str = "data") -> TensorData:
+    """`(x, y)` tensors as a `TensorData`: x used as given (uint8 images need `TensorData(..., mean=, std=)`
+    instead), y as int64 labels; classes named "0".."C-1" unless given."""
+    y = y.long()
+    if classes is None:
+        classes = tuple(str(c) for c in range(int(y.max()) + 1 if len(y) else 0))
+    if x.dtype == torch.uint8:
+        raise TypeError(f"{name}: uint8 inputs {tuple(x.shape)} need their normalisation: convert them to float "
+                        "model inputs yourself, or pass TensorData(images, labels, classes, mean=..., std=...)")
+    return TensorData(x, y, tuple(classes), source="tensors")
+
+
+def as_tensor_data(data, *, name: str = "data") -> TensorData:
+    """`as_data(data)` where the helper needs the examples themselves (splitting, subsets): a DataLoader is
+    a `TypeError` that says so."""
+    data = as_data(data, name=name)
+    if isinstance(data, Batches):
+        raise TypeError(f"{name}: this helper needs the examples as tensors to split or sample them; got "
+                        f"{type(data.batches).__name__}. Pass a TensorData or a pair (x, y) of tensors")
+    return data
+
+
+def num_examples(data: "TensorData | Batches") -> int | None:
+    """Examples in `data`: len(TensorData), or the size of a DataLoader's dataset (None when unknown)."""
+    if isinstance(data, TensorData):
+        return len(data)
+    dataset = getattr(data.batches, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else sum(len(y) for _, y in data.batches)
+    except TypeError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

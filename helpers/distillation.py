@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.data import TensorData
+from helpers.data import DataLike
 from helpers.devices import pick_device
 from helpers.training import History, TrainConfig, train_epochs
 
@@ -92,8 +92,8 @@ class CachedTeacher(nn.Module):
         return logits
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: TensorData, *, config: TrainConfig, temperature: float = 4.0,
-            soft_weight: float = 0.9, objective: str = "kl", seed: int = 0, test_data: TensorData | None = None,
+def distill(student: nn.Module, teacher: nn.Module, data: DataLike, *, config: TrainConfig, temperature: float = 4.0,
+            soft_weight: float = 0.9, objective: str = "kl", seed: int = 0, test_data: DataLike | None = None,
             device: torch.device | str | None = None, progress: bool = True, desc: str = "distill") -> History:
     """Train `student` in place to imitate `teacher` on `data` (the whole schedule of `config`);
     returns its `History`. The teacher sees the student's augmented batch; `config.label_smoothing`

@@ -106,15 +106,15 @@ class Ensemble(nn.Module):
         return torch.vmap(one, in_dims=(0, 0, None))(params, buffers, x)
 
     def _stacked(self):
-        """The members' weights stacked for vmap, rebuilt only when a member's tensors change
-        (keyed by each tensor's identity, version counter, storage, device and dtype)."""
-        tensors = [t for m in self.members for t in (*m.parameters(), *m.buffers())]
-        key = tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype) for t in tensors)
-        if getattr(self, "_stack_key", None) != key:
-            params, buffers = stack_module_state(list(self.members))
-            self._stack = (params, buffers, copy.deepcopy(self.members[0]).to("meta"))
-            self._stack_key = key
-        return self._stack
+        """The members' weights stacked for vmap, read afresh at every call: a copy of a few MB, cheaper
+        than hashing them, and never stale (an edit through `p.data` moves no version counter). Only the
+        weightless skeleton on the "meta" device is kept, rebuilt when the members' structure changes."""
+        params, buffers = stack_module_state(list(self.members))
+        structure = tuple((name, tuple(t.shape), t.dtype) for name, t in self.members[0].state_dict().items())
+        skeleton = getattr(self, "_skeleton", None)   # (structure, module) in a tuple: not a registered submodule
+        if skeleton is None or skeleton[0] != structure:
+            skeleton = self._skeleton = (structure, copy.deepcopy(self.members[0]).to("meta"))
+        return params, buffers, skeleton[1]
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,47 +3,28 @@
 Separate from `helpers.training` so that the modules that merge or combine models (`averaging`,
 `alignment`, `ensembling`) can evaluate them without importing the training loop.
 
-`cache_predictions()` (opt-in, per process; the notebooks turn it on in their setup cell) makes
-`predict_logits` compute each model's logits on each dataset once: a model with the same layers and
-the same weights as one already evaluated gets a copy of the stored logits. An interpolation curve's
-endpoints, a greedy soup's ingredients and a pair's members evaluated again in a later cell then cost
-nothing; REPAIR's per-channel statistics of an endpoint (`helpers.alignment`) are kept the same way,
-so a curve of REPAIRed merges measures each endpoint once, not at every alpha, and so are the BatchNorm
-statistics `helpers.averaging.recalibrate_batchnorm` computes for a merge. The key is the model's
-content (`model_signature`: every module's class and settings, every parameter and buffer), the
-data's content, the batch size, the device and the precision, so a changed weight is never served
-stale logits. A model with forward hooks, or with attributes the signature cannot read, is always
-evaluated. Timing code turns the cache off (`with cache_predictions(False):`).
+`predict_logits` and `evaluate` take the course's `TensorData`, a pair of tensors `(x, y)`, or any
+iterable of `(x, y)` batches such as a `torch.utils.data.DataLoader` (`helpers.data.as_data`).
 
-`make run` (`helpers.runner`) also gives the notebooks a folder for these entries
-(`$HELPERS_PREDICTION_CACHE_DIR`; the runner uses `<checkpoint cache>/predictions/<preset>/`): a model that
-notebook 03 evaluated is not evaluated again in 04, 05 or 09, nor in a later run of the same code. The folder
-travels in a checkpoint archive (`python -m helpers.checkpoints export`), so a room that starts from an
-instructor's archive is served the instructor's evaluations of the same models. A stored entry is tied to
-the code that computed it: its file name starts with `code_version()` (a digest of the `helpers` package's
-source and the torch version), its key names each non-PyTorch module class's source (file digest), and
-entries of a model whose class has no readable source (defined at a prompt) stay in memory. Files are
-written atomically and read with `weights_only=True`; delete the folder to evaluate everything again.
+`cache_predictions()` switches the prediction cache on for this process (`make run` does it for you;
+it is off by default): a model with the same layers and weights as one already evaluated on the same
+data gets a copy of the stored logits. The key is read from the tensors' bytes at every call, so an
+edited weight is never served stale logits. How it works: `helpers/_prediction_cache.py`.
 """
 
 from __future__ import annotations
-
-import functools
-import hashlib
-import inspect
-import os
-import weakref
-from collections import OrderedDict
-from pathlib import Path
-from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers._paths import atomic_write
-from helpers.data import TensorData, iterate_batches
+from helpers._prediction_cache import cache_predictions, memoized, tensor_digest
+# Transitional: modules being split elsewhere still import these from here; they live in _prediction_cache.
+from helpers._prediction_cache import batches_digest, check_entry, code_version, model_signature  # noqa: F401
+from helpers.data import Batches, DataLike, as_data, iterate_batches
 from helpers.devices import autocast, eval_mode, model_device, resolve_precision
+
+__all__ = ["EVAL_BATCH_SIZE", "cache_predictions", "evaluate", "predict_logits", "predict_logits_and_labels"]
 
 # Images per forward pass when evaluating (benchmarks/eval_speed.py times the choices). 250: on 2 cores
 # of a Xeon with AMX (bf16) the course CNN ×0.5 evaluated the 10,000 test images in 1.3-1.4 s at 250
@@ -51,282 +32,28 @@ from helpers.devices import autocast, eval_mode, model_device, resolve_precision
 # two are within a few percent. Larger batches lose on CPUs: their activations no longer fit the caches.
 EVAL_BATCH_SIZE = 250
 
-_PLAIN = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
-
-
-def _is_plain(value) -> bool:
-    if isinstance(value, (tuple, list)):
-        return all(_is_plain(v) for v in value)
-    return isinstance(value, _PLAIN)
-
-
-class cache_predictions:
-    """Turn the prediction cache on (default) or off for this process: as a call it stays set, as
-    `with cache_predictions(False):` only inside the block (like `torch.set_grad_enabled`).
-
-    max_entries: logits kept, least recently used dropped first (10,000 x 10 logits are 400 kB)."""
-
-    enabled: bool = False
-    max_entries: int = 256
-    store: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
-    hits: int = 0
-
-    def __init__(self, enabled: bool = True, *, max_entries: int | None = None) -> None:
-        if max_entries is not None and max_entries < 1:   # checked first: a refused call changes nothing
-            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
-        cls = type(self)
-        self._previous = cls.enabled
-        cls.enabled = bool(enabled)
-        if max_entries is not None:
-            cls.max_entries = int(max_entries)
-            while len(cls.store) > cls.max_entries:
-                cls.store.popitem(last=False)
-
-    def __enter__(self) -> "cache_predictions":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        type(self).enabled = self._previous
-
-    @classmethod
-    def clear(cls) -> None:
-        cls.store.clear()
-        cls.hits = 0
-
-    @staticmethod
-    def shared_file(key: tuple):
-        """The file of `key` in the shared folder (`$HELPERS_PREDICTION_CACHE_DIR`), or None:
-        `<code_version()>-<digest of the key>.pt`."""
-        folder = os.environ.get("HELPERS_PREDICTION_CACHE_DIR")
-        if not folder:
-            return None
-        return Path(folder) / f"{code_version()}-{hashlib.sha256(repr(key).encode()).hexdigest()[:40]}.pt"
-
-    @classmethod
-    def lookup(cls, key: tuple | None, *, shareable: bool = True):
-        if not cls.enabled or key is None:
-            return None
-        if key not in cls.store:
-            path = cls.shared_file(key) if shareable else None
-            if path is None or not path.is_file():
-                return None
-            value = read_entry(path, key)
-            if value is None:   # unreadable or not this key: recomputed (and rewritten)
-                return None
-            cls._remember(key, value)
-        cls.store.move_to_end(key)
-        cls.hits += 1
-        return cls.store[key]
-
-    @classmethod
-    def keep(cls, key: tuple | None, value, *, shareable: bool = True) -> None:
-        if cls.enabled and key is not None:
-            cls._remember(key, value)
-            path = cls.shared_file(key) if shareable else None
-            if path is not None:
-                entry = _pack(f"{code_version()}:{key!r}", value)
-                atomic_write(path, lambda tmp: torch.save(entry, tmp))
-
-    @classmethod
-    def _remember(cls, key: tuple, value) -> None:
-        cls.store[key] = value
-        while len(cls.store) > cls.max_entries:
-            cls.store.popitem(last=False)
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """12 hex digits of a digest of the `helpers` package's source files and the torch version: what a
-    stored evaluation was computed with (a change to either makes every stored entry a miss)."""
-    h = hashlib.sha256(f"torch {torch.__version__}\n".encode())
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        h.update(f"{path.name}:".encode() + path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def _pack(key: str, value) -> dict:
-    """A stored entry. Logits computed in bfloat16 are exact in bfloat16: kept so, half the bytes."""
-    if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
-        narrow = value.to(torch.bfloat16)
-        if torch.equal(narrow.float(), value):
-            return {"key": key, "value": narrow, "widen": True}
-    return {"key": key, "value": value}
-
-
-def _is_entry_value(value) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_entry_value(v) for k, v in value.items())
-    if isinstance(value, (tuple, list)):
-        return all(_is_entry_value(v) for v in value)
-    return False
-
-
-def check_entry(entry) -> str:
-    """The key string of a stored entry (`torch.load(..., weights_only=True)`'s result), or ValueError
-    saying what is wrong with it. Used by reading and by `helpers.checkpoints` on import."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or "value" not in entry:
-        raise ValueError("not a stored evaluation (a dict with a 'key' string and a 'value')")
-    if not _is_entry_value(entry["value"]):
-        raise ValueError("a stored evaluation's value must be tensors (in dicts or tuples)")
-    return entry["key"]
-
-
-def read_entry(path: Path, key: tuple):
-    """The value stored at `path` for `key` (this code version), or None if it is unreadable or another key's."""
-    try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-        if check_entry(entry) != f"{code_version()}:{key!r}":
-            return None
-    except Exception:  # noqa: BLE001 - an unreadable entry is recomputed (and rewritten)
-        return None
-    value = entry["value"]
-    return value.float() if entry.get("widen") else value
-
-
-_class_sources: dict[type, str | None] = {}
-
-
-def class_source(cls: type) -> str | None:
-    """What ties a module class's computation to its code: "" for PyTorch's and this package's own
-    classes (`code_version()` covers them), a digest of the source file (or, failing that, the class's
-    source) for anyone else's, None when neither can be read (a class defined at an interactive prompt)."""
-    if cls not in _class_sources:
-        module = cls.__module__ or ""
-        if module == "torch" or module.startswith(("torch.", "helpers.")):
-            _class_sources[cls] = ""
-        else:
-            try:
-                file = inspect.getsourcefile(cls)
-                if file and os.path.isfile(file):
-                    text = Path(file).read_bytes()
-                else:
-                    text = inspect.getsource(cls).encode()
-                _class_sources[cls] = hashlib.sha256(text).hexdigest()[:16]
-            except (OSError, TypeError):
-                _class_sources[cls] = None
-    return _class_sources[cls]
-
-
-_digests: dict[int, tuple[weakref.ref, int, str]] = {}
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """SHA-256 of a tensor's dtype, shape and bytes; remembered per tensor object until it changes
-    in place (its version counter moves) or is freed."""
-    entry = _digests.get(id(t))
-    if entry is not None and entry[0]() is t and entry[1] == t._version:
-        return entry[2]
-    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
-    flat = t.detach().cpu().contiguous().reshape(-1)
-    h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    digest = h.hexdigest()
-    try:
-        ref = weakref.ref(t, lambda _, k=id(t): _digests.pop(k, None))
-    except TypeError:
-        return digest
-    _digests[id(t)] = (ref, t._version, digest)
-    return digest
-
-
-def batches_digest(batches) -> tuple[str, ...]:
-    """`tensor_digest` of each batch's inputs (`x`, or `x` of an `(x, y)` pair): the batches' part of a key."""
-    return tuple(tensor_digest(b[0] if isinstance(b, (tuple, list)) else b) for b in batches)
-
-
-def model_signature(model: nn.Module) -> str | None:
-    """A digest of what determines `model`'s outputs in eval mode: each module's name, class, settings
-    (`extra_repr` and public attributes: plain data or tensors) and every parameter and buffer, persistent
-    or not (dtype, shape, bytes). None when that cannot be read: a module with forward hooks (they may
-    change the outputs), a global hook, or a public attribute that is neither plain data, a tensor, nor a
-    module (e.g. a function). Private attributes (a leading underscore) are taken to be derived from
-    the rest, as PyTorch's own are."""
-    return signature_and_scope(model)[0]
-
-
-def signature_and_scope(model: nn.Module) -> tuple[str | None, bool]:
-    """(`model_signature(model)`, whether its evaluations may be stored in files): not when a module's
-    class has no readable source (`class_source`), since another process could define another class of
-    that name. The signature includes each class's source digest."""
-    from torch.nn.modules import module as module_globals
-
-    if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
-        return None, False
-    h = hashlib.sha256()
-    shareable = True
-    for name, mod in model.named_modules():
-        if mod._forward_hooks or mod._forward_pre_hooks:
-            return None, False
-        source = class_source(type(mod))
-        shareable = shareable and source is not None
-        h.update(f"{name}:{type(mod).__module__}.{type(mod).__qualname__}:{source or ''}:{mod.extra_repr()}\n".encode())
-        for key, value in sorted(vars(mod).items()):
-            if key.startswith("_") or key == "training":
-                continue
-            if _is_plain(value):
-                h.update(f"{key}={value!r};".encode())
-            elif isinstance(value, torch.Tensor):
-                h.update(f"{key}=tensor:{tensor_digest(value)};".encode())
-            elif not isinstance(value, nn.Module):
-                return None, False
-    # every parameter and buffer, including non-persistent buffers (not in the state dict: an Ensemble's weights)
-    for kind, named in (("p", model.named_parameters(remove_duplicate=False)),
-                        ("b", model.named_buffers(remove_duplicate=False))):
-        for key, t in named:
-            h.update(f"{kind}:{key}:{tensor_digest(t)}\n".encode())
-    return h.hexdigest(), shareable
-
-
-def cached_signature(model: nn.Module) -> tuple[str | None, bool]:
-    """`signature_and_scope(model)` while `cache_predictions` is on, else (None, False) (nothing is hashed).
-    A model whose tensors cannot be read as bytes (e.g. quantized) is not cached either."""
-    if not cache_predictions.enabled:
-        return None, False
-    try:
-        return signature_and_scope(model)
-    except (RuntimeError, TypeError):
-        return None, False
-
-
-T = TypeVar("T")
-
-
-def _copy(value):
-    """A copy of a cached value (tensors, and dicts / tuples of them): callers may change what they get."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_copy(v) for v in value)
-    return value
-
-
-def memoized(kind: str, model: nn.Module, parts: Callable[[], tuple], compute: Callable[[], T]) -> T:
-    """`compute()`, or, while `cache_predictions` is on, a copy of what it returned before for the same
-    `kind`, the same model content (`model_signature`) and the same `parts()` (the inputs and settings;
-    only called when the model can be cached). The one place `predict_logits`, REPAIR's statistics and
-    BatchNorm recalibration go through the cache."""
-    signature, shareable = cached_signature(model)
-    if signature is None:
-        return compute()
-    key = (kind, signature, *parts())
-    value = cache_predictions.lookup(key, shareable=shareable)
-    if value is None:
-        value = compute()
-        cache_predictions.keep(key, value, shareable=shareable)
-    return _copy(value)
-
-
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = EVAL_BATCH_SIZE,
-                   device: torch.device | str | None = None, precision: str = "auto") -> torch.Tensor:
-    """Logits (N, C) as float32 on the CPU, in eval mode (the model's mode is restored after).
-    `device`: where to run (the model is moved there); default: where the model's parameters are."""
+def predict_logits_and_labels(model: nn.Module, data: DataLike, *, batch_size: int = EVAL_BATCH_SIZE,
+                              device: torch.device | str | None = None,
+                              precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, C) float32, labels (N,) int64), both on the CPU, in eval mode (the model's mode is
+    restored after). `data`: a `TensorData`, `(x, y)` tensors, or a re-iterable of `(x, y)` batches
+    (`helpers.data.as_data`). `device`: where to run (the model is moved there); default: where the
+    model's parameters are. `batch_size` applies to tensors; batches are used as given."""
+    data = as_data(data)
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     precision = resolve_precision(precision, device)
+    if isinstance(data, Batches):   # a DataLoader: one pass, never cached (its order may change per pass)
+        logits, labels = [], []
+        with eval_mode(model):
+            for x, y in data.to(device):
+                with autocast(device, precision):
+                    logits.append(model(x).float().cpu())
+                labels.append(y.cpu())
+        if not logits:
+            raise ValueError(f"{data.name}: the batches are empty")
+        return torch.cat(logits), torch.cat(labels)
 
     def compute() -> torch.Tensor:
         out = []
@@ -336,15 +63,23 @@ def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = EVAL
                     out.append(model(x).float().cpu())
         return torch.cat(out)
 
-    return memoized("logits", model, lambda: (tensor_digest(data.images), batch_size, str(device), precision),
-                    compute)
+    logits = memoized("logits", model, lambda: (tensor_digest(data.images), data.mean, data.std, batch_size,
+                                                str(device), precision), compute)
+    return logits, data.labels.cpu()
 
 
-def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = EVAL_BATCH_SIZE,
+def predict_logits(model: nn.Module, data: DataLike, *, batch_size: int = EVAL_BATCH_SIZE,
+                   device: torch.device | str | None = None, precision: str = "auto") -> torch.Tensor:
+    """Logits (N, C) as float32 on the CPU (`predict_logits_and_labels` without the labels)."""
+    return predict_logits_and_labels(model, data, batch_size=batch_size, device=device, precision=precision)[0]
+
+
+def evaluate(model: nn.Module, data: DataLike, *, batch_size: int = EVAL_BATCH_SIZE,
              device: torch.device | str | None = None, precision: str = "auto") -> dict[str, float]:
-    """Test accuracy (0-1) and mean cross-entropy loss of `model` on `data`, as plain floats."""
-    logits = predict_logits(model, data, batch_size=batch_size, device=device, precision=precision)
-    labels = data.labels.cpu()
+    """Accuracy (0-1) and mean cross-entropy loss of `model` on `data` (a `TensorData`, `(x, y)`
+    tensors or a DataLoader), as plain floats."""
+    logits, labels = predict_logits_and_labels(model, data, batch_size=batch_size, device=device,
+                                               precision=precision)
     return {
         "accuracy": float((logits.argmax(1) == labels).float().mean()),
         "loss": float(F.cross_entropy(logits, labels)),

@@ -31,15 +31,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from helpers.averaging import average_state_dicts
-from helpers.data import TensorData, dirichlet_split, iid_split
+from helpers.data import DataLike, TensorData, as_data, as_tensor_data, dirichlet_split, iid_split, num_examples
 from helpers.devices import grad_scaler, pick_device
 from helpers.evaluation import evaluate
 from helpers.training import History, StepStats, TrainConfig, make_optimizer, prepare, train_part
 
 
-def fedavg(model: nn.Module, client_datasets: Sequence[TensorData], *, rounds: int, local_epochs: int = 1,
+def fedavg(model: nn.Module, client_datasets: Sequence[DataLike], *, rounds: int, local_epochs: int = 1,
            averages_per_epoch: int = 1, keep_client_momentum: bool = False, config: TrainConfig, seed: int = 0,
-           client_seeds: Sequence[int] | None = None, test_data: TensorData | None = None,
+           client_seeds: Sequence[int] | None = None, test_data: DataLike | None = None,
            device: torch.device | str | None = None, progress: bool = True) -> History:
     """Run FedAvg from `model` (updated in place to the final server model) and return a `History`.
 
@@ -68,7 +68,12 @@ def fedavg(model: nn.Module, client_datasets: Sequence[TensorData], *, rounds: i
     schedule = replace(config, num_epochs=rounds * local_epochs // k)
     device = torch.device(device) if device is not None else pick_device()
     model.to(device)
-    sizes = [len(d) for d in client_datasets]
+    client_datasets = [as_data(d, name=f"client {c}'s data") for c, d in enumerate(client_datasets)]
+    sizes = [num_examples(d) for d in client_datasets]
+    unknown = next((c for c, n in enumerate(sizes) if not n), None)
+    if unknown is not None:
+        raise ValueError(f"client {unknown}'s data: its number of examples is unknown or zero (FedAvg weights "
+                         "clients by it); pass a DataLoader over a sized dataset, or tensors")
     clients, optimizers, scalers, datasets = [], [], [], []
     for data in client_datasets:  # one model, optimiser, scaler and on-device dataset per client, for all rounds
         client = copy.deepcopy(model)
@@ -108,10 +113,11 @@ def fedavg(model: nn.Module, client_datasets: Sequence[TensorData], *, rounds: i
     return history
 
 
-def client_split(data: TensorData, *, num_clients: int, dirichlet_alpha: float | None,
+def client_split(data: DataLike, *, num_clients: int, dirichlet_alpha: float | None,
                  seed: int = 0) -> list[TensorData]:
     """`num_clients` client datasets: IID (`dirichlet_alpha=None`) or label-skewed by a Dirichlet split
     with that concentration (see `helpers.data.dirichlet_split`)."""
+    data = as_tensor_data(data)
     if dirichlet_alpha is None:
         return iid_split(data, num_clients, seed=seed)
     return dirichlet_split(data, num_clients, dirichlet_alpha=dirichlet_alpha, seed=seed)

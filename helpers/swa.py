@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from helpers.data import TensorData, iterate_batches
-from helpers.training import History, TrainConfig, epoch_steps, lr_at, train_steps
+from helpers.data import Batches, DataLike, as_data, iterate_batches
+from helpers.training import History, TrainConfig, lr_at, steps_per_epoch, train_steps
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,31 @@ def swa_schedule(num_steps: int, config: TrainConfig, averaging: AveragingConfig
     return lrs
 
 
-def train_with_averages(model: nn.Module, data: TensorData, *, config: TrainConfig, averaging: AveragingConfig,
-                        seed: int = 0, test_data: TensorData | None = None, bn_images: int = 5000,
+def _bn_inputs(data: "TensorData | Batches", num_images: int, *, seed: int, device: torch.device):
+    """Inputs of `num_images` training examples, un-augmented: a random subset of tensors, or the first
+    batches of a DataLoader (as it yields them)."""
+    if isinstance(data, Batches):
+        seen = 0
+        for x, _ in data.to(device):
+            if seen >= num_images:
+                return
+            yield x
+            seen += len(x)
+        return
+    bn_data = data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:num_images])
+    yield from (x for x, _ in iterate_batches(bn_data, 500, device=device))
+
+
+def train_with_averages(model: nn.Module, data: DataLike, *, config: TrainConfig, averaging: AveragingConfig,
+                        seed: int = 0, test_data: DataLike | None = None, bn_images: int = 5000,
                         progress: bool = True, desc: str = "SWA run") -> tuple[dict[str, nn.Module], History]:
     """Train `model` in place for `config.num_epochs` epochs with the SWA schedule and return
     `({"endpoint": model, "swa": ..., "ema": ...}, history)`: three models from one run.
 
     The SWA average's BatchNorm statistics are recomputed on `bn_images` un-augmented training images
     (`update_bn`); the EMA averages BatchNorm buffers with the weights."""
-    per_epoch = epoch_steps(len(data), config)
+    data = as_data(data, name="training data")
+    per_epoch = steps_per_epoch(data, config)
     num_steps = per_epoch * config.num_epochs
     lrs = swa_schedule(num_steps, config, averaging)
     start = max(1, round(averaging.swa_start * num_steps))
@@ -88,8 +104,7 @@ def train_with_averages(model: nn.Module, data: TensorData, *, config: TrainConf
     history = train_steps(model, data, config=config, num_steps=num_steps, seed=seed, lr_schedule=lrs.__getitem__,
                           after_step=after_step, test_data=test_data, progress=progress, desc=desc)
     device = next(model.parameters()).device
-    bn_data = data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:bn_images])
-    update_bn((x for x, _ in iterate_batches(bn_data, 500, device=device)), swa, device=device)
+    update_bn(_bn_inputs(data, bn_images, seed=seed, device=device), swa, device=device)
     out = {"endpoint": model}
     for name, averaged in (("swa", swa), ("ema", ema)):
         plain = copy.deepcopy(model)

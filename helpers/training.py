@@ -16,6 +16,7 @@ Precision (`config.precision`, "auto" by default) is resolved by `helpers.device
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.data import TensorData, iterate_batches, num_batches
+from helpers.data import Batches, DataLike, TensorData, as_data, iterate_batches, num_batches
 from helpers.devices import PRECISIONS, autocast, grad_scaler, model_device, pick_device, resolve_precision
 from helpers.evaluation import evaluate
 
@@ -198,7 +199,27 @@ def epoch_steps(n: int, config: TrainConfig) -> int:
     return num_batches(n, config.batch_size, drop_last=True)
 
 
-def run_epoch(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int, epoch: int,
+def steps_per_epoch(data: DataLike | Batches, config: TrainConfig) -> int:
+    """Optimiser steps in one epoch of `data`: `epoch_steps(len(data), config)` for tensors, one per
+    batch of a DataLoader (its own batch size)."""
+    return len(data) if isinstance(data, Batches) else epoch_steps(len(data), config)
+
+
+def epoch_batches(data: DataLike | Batches, config: TrainConfig, *, seed: int, epoch: int,
+                  device: torch.device, start_batch: int = 0,
+                  stop_batch: int | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches `[start_batch, stop_batch)` of epoch `epoch`: for tensors, the stream of (seed, epoch)
+    (shuffled, augmented when `config.augment`, last partial batch dropped), the same batches wherever
+    the slice starts; for a DataLoader, its own next pass."""
+    if isinstance(data, Batches):
+        return itertools.islice(iter(data.to(device)), start_batch, stop_batch)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return iterate_batches(data, config.batch_size, shuffle=True, augment_images=config.augment,
+                           generator=generator, device=device, drop_last=True, start_batch=start_batch,
+                           stop_batch=stop_batch)
+
+
+def run_epoch(model: nn.Module, data: DataLike | Batches, *, config: TrainConfig, seed: int, epoch: int,
               optimizer: torch.optim.Optimizer, loss_fn: LossFn | None = None, part: tuple[int, int] = (0, 1),
               device: torch.device, precision: str, scaler: torch.amp.GradScaler | None = None,
               bar: tqdm | None = None) -> StepStats:
@@ -207,14 +228,12 @@ def run_epoch(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: 
 
     One random stream per (seed, epoch): a run resumed at epoch e, or a slice of an epoch, sees what
     a full run would. `data` must already be on `device`; the model is put in train mode."""
-    steps = epoch_steps(len(data), config)
+    steps = steps_per_epoch(data, config)
     index, slices = part
     if not 0 <= index < slices <= steps:
         raise ValueError(f"part must be (i, k) with 0 <= i < k <= {steps} (batches per epoch), got {part}")
     first, last = index * steps // slices, (index + 1) * steps // slices
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    batches = iterate_batches(data, config.batch_size, shuffle=True, augment_images=config.augment,
-                              generator=generator, device=device, drop_last=True, start_batch=first, stop_batch=last)
+    batches = epoch_batches(data, config, seed=seed, epoch=epoch, device=device, start_batch=first, stop_batch=last)
     total = steps * config.num_epochs
     lrs = (lr_at(epoch * steps + i, total, config.lr, config.warmup) for i in range(first, last))
     model.train()
@@ -222,12 +241,16 @@ def run_epoch(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: 
                      device=device, precision=precision, scaler=scaler, bar=bar)
 
 
-def prepare(model: nn.Module, data: TensorData, config: TrainConfig,
-            device: torch.device | str | None) -> tuple[torch.device, str, TensorData]:
-    """Resolve device and precision, move `model` there (channels_last) and return the data on it."""
+def prepare(model: nn.Module, data, config: TrainConfig,
+            device: torch.device | str | None) -> tuple[torch.device, str, TensorData | Batches]:
+    """Resolve device and precision, move `model` there (channels_last) and return the data on it.
+    `data`: a `TensorData`, `(x, y)` tensors or a DataLoader (`helpers.data.as_data`)."""
     device = torch.device(device) if device is not None else pick_device()
-    if len(data) < config.batch_size:
-        raise ValueError(f"the training set ({len(data)} images) is smaller than one batch ({config.batch_size})")
+    data = as_data(data, name="training data")
+    if isinstance(data, TensorData) and len(data) < config.batch_size:
+        raise ValueError(f"the training set ({len(data)} examples) is smaller than one batch ({config.batch_size})")
+    if isinstance(data, Batches) and len(data) < 1:
+        raise ValueError(f"{data.name}: the DataLoader yields no batches")
     model.to(device=device, memory_format=torch.channels_last)
     return device, resolve_precision(config.precision, device), data.to(device)
 
@@ -236,7 +259,7 @@ def prepare(model: nn.Module, data: TensorData, config: TrainConfig,
 # Entry points
 
 
-def _end_epoch(history: History, epoch: int, stats: StepStats, model: nn.Module, test_data: TensorData | None, *,
+def _end_epoch(history: History, epoch: int, stats: StepStats, model: nn.Module, test_data: DataLike | None, *,
                device: torch.device, precision: str, bar: tqdm) -> None:
     """Record an epoch's numbers, evaluate on `test_data` if given (the model's mode is restored), and
     show them on the progress bar."""
@@ -249,8 +272,8 @@ def _end_epoch(history: History, epoch: int, stats: StepStats, model: nn.Module,
     bar.set_postfix(postfix)
 
 
-def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int = 0,
-          test_data: TensorData | None = None, device: torch.device | str | None = None,
+def train(model: nn.Module, data: DataLike, *, config: TrainConfig, seed: int = 0,
+          test_data: DataLike | None = None, device: torch.device | str | None = None,
           progress: bool = True, desc: str = "train") -> History:
     """Train `model` in place on `data` for the whole `config` schedule and return its `History`.
 
@@ -260,8 +283,8 @@ def train(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int 
                         test_data=test_data, device=device, progress=progress, desc=desc)
 
 
-def train_epochs(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int = 0, start_epoch: int,
-                 stop_epoch: int, test_data: TensorData | None = None, loss_fn: LossFn | None = None,
+def train_epochs(model: nn.Module, data: DataLike, *, config: TrainConfig, seed: int = 0, start_epoch: int,
+                 stop_epoch: int, test_data: DataLike | None = None, loss_fn: LossFn | None = None,
                  device: torch.device | str | None = None, progress: bool = True, desc: str = "train") -> History:
     """Epochs `[start_epoch, stop_epoch)` of the `config` schedule, with the learning rates and
     batches a full run has there: a parent trained to epoch k and a child continued from k together
@@ -275,7 +298,7 @@ def train_epochs(model: nn.Module, data: TensorData, *, config: TrainConfig, see
     optimizer = make_optimizer(model, config)
     scaler = grad_scaler(device, precision)
     history = History(precision=precision, device=str(device))
-    bar = tqdm(total=epoch_steps(len(data), config) * (stop_epoch - start_epoch), desc=desc, unit="step",
+    bar = tqdm(total=steps_per_epoch(data, config) * (stop_epoch - start_epoch), desc=desc, unit="step",
                disable=not progress, mininterval=0.5, leave=False)
     try:
         for epoch in range(start_epoch, stop_epoch):
@@ -287,7 +310,7 @@ def train_epochs(model: nn.Module, data: TensorData, *, config: TrainConfig, see
     return history
 
 
-def train_part(model: nn.Module, data: TensorData, *, config: TrainConfig, seed: int, epoch: int,
+def train_part(model: nn.Module, data: DataLike, *, config: TrainConfig, seed: int, epoch: int,
                part: tuple[int, int], optimizer: torch.optim.Optimizer,
                device: torch.device | str | None = None, scaler: torch.amp.GradScaler | None = None) -> StepStats:
     """Slice `part=(i, k)` of epoch `epoch` of the `config` schedule, stepping `optimizer` (the
@@ -296,13 +319,13 @@ def train_part(model: nn.Module, data: TensorData, *, config: TrainConfig, seed:
     The model must already be on `device` in channels_last (see `prepare`). `scaler`: the caller's
     gradient scaler in fp16 (`helpers.devices.grad_scaler`), kept like the optimiser."""
     device = torch.device(device) if device is not None else model_device(model)
-    return run_epoch(model, data.to(device), config=config, seed=seed, epoch=epoch, optimizer=optimizer, part=part,
+    return run_epoch(model, as_data(data, name="training data").to(device), config=config, seed=seed, epoch=epoch, optimizer=optimizer, part=part,
                      device=device, precision=resolve_precision(config.precision, device), scaler=scaler)
 
 
-def train_steps(model: nn.Module, data: TensorData, *, config: TrainConfig, num_steps: int, seed: int = 0,
+def train_steps(model: nn.Module, data: DataLike, *, config: TrainConfig, num_steps: int, seed: int = 0,
                 lr_schedule: Callable[[int], float] | None = None, after_step: Callable[[int], None] | None = None,
-                test_data: TensorData | None = None, device: torch.device | str | None = None,
+                test_data: DataLike | None = None, device: torch.device | str | None = None,
                 progress: bool = True, desc: str = "train") -> History:
     """Train `model` in place for exactly `num_steps` optimiser steps (fractions of an epoch allowed:
     fine-tuning for a quarter epoch is `num_steps = epoch_steps(len(data), config) // 4`).
@@ -318,7 +341,7 @@ def train_steps(model: nn.Module, data: TensorData, *, config: TrainConfig, num_
     optimizer = make_optimizer(model, config)
     scaler = grad_scaler(device, precision)
     schedule = lr_schedule or (lambda step: lr_at(step, num_steps, config.lr, config.warmup))
-    per_epoch = epoch_steps(len(data), config)
+    per_epoch = steps_per_epoch(data, config)
     history = History(precision=precision, device=str(device))
     bar = tqdm(total=num_steps, desc=desc, unit="step", disable=not progress, mininterval=0.5, leave=False)
     done, epoch = 0, 0
@@ -326,9 +349,7 @@ def train_steps(model: nn.Module, data: TensorData, *, config: TrainConfig, num_
         model.train()
         while done < num_steps:
             count = min(per_epoch, num_steps - done)
-            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            batches = iterate_batches(data, config.batch_size, shuffle=True, augment_images=config.augment,
-                                      generator=generator, device=device, drop_last=True, stop_batch=count)
+            batches = epoch_batches(data, config, seed=seed, epoch=epoch, device=device, stop_batch=count)
             if after_step is None:
                 stats = run_steps(model, batches, (schedule(done + i) for i in range(count)), optimizer=optimizer,
                                   loss_fn=cross_entropy_loss(config), device=device, precision=precision,

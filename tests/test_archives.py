@@ -122,7 +122,7 @@ def test_export_refuses_a_file_import_would_refuse_naming_it_and_writes_nothing(
 def _stored_evaluations(folder, preset="smoke"):
     """Two entries as `make run` stores them (helpers.evaluation.cache_predictions with the runner's
     folder): one of this code version, one of an older one (never exported)."""
-    from helpers.evaluation import _pack, code_version
+    from helpers._prediction_cache import _pack, code_version
     target = folder / "predictions" / preset
     target.mkdir(parents=True, exist_ok=True)
     current = target / f"{code_version()}-{'a' * 40}.pt"

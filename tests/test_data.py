@@ -176,10 +176,12 @@ def test_missing_data_command_prints_message_without_traceback(tmp_path, monkeyp
 
 
 def test_tensordata_validates_shapes():
-    with pytest.raises(ValueError, match="uint8"):
-        TensorData(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="uint8 or floating"):
+        TensorData(torch.zeros(2, 3, 32, 32, dtype=torch.int32), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="labels"):
         TensorData(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="outside the 10 classes"):
+        TensorData(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 10]))
 
 
 def test_augmented_batches_match_pad_then_crop_reference(tiny_data):

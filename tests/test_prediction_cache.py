@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import evaluation
+from helpers import _prediction_cache as evaluation   # the cache machinery (private module)
 from helpers.alignment import repair, weight_matching
 from helpers.averaging import interpolate, interpolation_curve, recalibration_batches
 from helpers.evaluation import cache_predictions, model_signature, predict_logits
@@ -288,3 +288,73 @@ def test_a_recalibration_is_kept_like_logits_and_served_bit_for_bit(tiny_data, t
         streamed = recalibrate_batchnorm(copy.deepcopy(mlp), iter(batches))
         assert cache_predictions.hits == 1                                           # no further hit
         assert torch.equal(streamed[2].running_var, reference["2.running_var"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Keyed by content: no in-place edit of a weight is ever served the logits of the old weights
+
+
+def _edits():
+    """Ways a learner changes a weight in place; PyTorch's version counter misses the first two."""
+    def through_data(model):
+        model[0].weight.data.mul_(-1)
+
+    def assign_data(model):
+        model[0].weight.data = model[0].weight.data * 0.5
+
+    def copy_under_no_grad(model):
+        with torch.no_grad():
+            model[0].weight.copy_(torch.randn_like(model[0].weight))
+
+    def load_state_dict(model):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state["0.weight"] = torch.randn_like(state["0.weight"])
+        model.load_state_dict(state)
+
+    return [through_data, assign_data, copy_under_no_grad, load_state_dict]
+
+
+@pytest.mark.parametrize("edit", _edits(), ids=lambda f: f.__name__)
+def test_an_in_place_edit_is_never_served_stale_logits(edit):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    x, y = torch.randn(40, 6), torch.arange(40) % 3
+    with cache_predictions():
+        before = predict_logits(model, (x, y))
+        assert torch.equal(predict_logits(model, (x, y)), before)          # served: same weights
+        edit(model)
+        after = predict_logits(model, (x, y))
+    with cache_predictions(False):
+        reference = predict_logits(model, (x, y))
+    assert not torch.equal(after, before), "the edited model was served the old weights' logits"
+    assert torch.equal(after, reference)
+
+
+@pytest.mark.parametrize("edit", _edits(), ids=lambda f: f.__name__)
+def test_a_batched_ensemble_sees_an_edited_member(edit):
+    from helpers.ensembling import Ensemble
+
+    torch.manual_seed(1)
+    members = [nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)) for _ in range(2)]
+    ensemble = Ensemble(members, batched=True)
+    x = torch.randn(16, 6)
+    before = ensemble(x)
+    edit(members[0])
+    loop = Ensemble(members, batched=False)(x)
+    after = ensemble(x)
+    assert not torch.allclose(after, before)
+    assert torch.allclose(after, loop, atol=1e-6)
+
+
+def test_the_cache_is_off_unless_the_environment_switches_it_on():
+    """`make run` sets HELPERS_CACHE_PREDICTIONS=1 for its kernels; anywhere else a fresh process starts
+    with the cache off."""
+    import subprocess
+    import sys
+
+    code = "from helpers.evaluation import cache_predictions; print(cache_predictions.enabled)"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HELPERS_CACHE_PREDICTIONS"}
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    on = subprocess.run([sys.executable, "-c", code], env=env | {"HELPERS_CACHE_PREDICTIONS": "1"},
+                        capture_output=True, text=True, check=True)
+    assert off.stdout.strip() == "False" and on.stdout.strip() == "True"
