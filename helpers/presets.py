@@ -35,11 +35,22 @@ class Preset:
     spawn_epoch: int                 # epochs the parent trains before it is forked (notebook 02)
     num_seeds: int                   # seeds for mean +/- std claims
     soup_size: int                   # spawned children averaged into one "soup" (notebook 03)
+    kd_seeds: int                    # seeds of each student recipe in notebook 06 (may exceed num_seeds)
     recal_images: int = 5000         # training images that recompute BatchNorm statistics after a merge (03-05, 08, 09)
     val_fraction: float = 0.1        # share of each class's training images held out for validation
     train_subset: int = 0            # class-balanced training images kept after the split (0 = all)
     test_subset: int = 0             # class-balanced test images kept (0 = all 10,000)
     distil_four_owners: bool = True  # notebook 09 distils the four owners' ensemble (about one more joint training)
+    # What the notebooks sweep or repeat; set per preset below where it differs from these (the `gpu` values).
+    interpolation_alphas: tuple[float, ...] = (0, 0.2, 0.4, 0.5, 0.6, 0.8, 1)  # model b's weight along a line (03)
+    alignment_alphas: tuple[float, ...] = (0, 0.2, 0.4, 0.5, 0.6, 0.8, 1)      # the same, aligned or not (04)
+    width_trend: tuple[float, ...] = (0.5, 1.0, 2.0)  # width multipliers of notebook 04's width trend (() = left out)
+    ensemble_models: int = 4         # independently trained course models in notebook 05: N(N-1)/2 pairs
+    timing_repeats: int = 5          # repeats of each inference timing in notebook 05 (the fastest is kept)
+    kd_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)  # KL temperatures swept on seed 0, chosen on data.val (06)
+    fed_clients: int = 4             # FedAvg clients in notebook 07
+    fed_averages_per_epoch: int = 16  # FedAvg rounds per epoch of client training (07, 09)
+    swa_runs: int = 3                # seeds of notebook 08's SWA/EMA comparison
     synthetic_train: int = 2048      # synthetic images (smoke only)
     synthetic_test: int = 512
 
@@ -64,7 +75,9 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke", data="synthetic", width=0.25, student_width=0.5,
         train=TrainConfig(num_epochs=2, batch_size=128, lr=0.1, label_smoothing=0.1),
-        spawn_epoch=1, num_seeds=2, soup_size=3, recal_images=512,
+        spawn_epoch=1, num_seeds=2, soup_size=3, kd_seeds=2, recal_images=512,
+        interpolation_alphas=(0, 0.25, 0.5, 0.75, 1), alignment_alphas=(0, 0.5, 1), width_trend=(0.25, 0.5),
+        ensemble_models=3, timing_repeats=2, fed_clients=2, fed_averages_per_epoch=2, swa_runs=2,
     ),
     # Sized so that `make run` (every notebook, cold cache) fits in 12 minutes on 2 CPU cores in float32
     # (no bf16 units needed), with every lesson of the course still visible (tests/test_real_data.py).
@@ -75,6 +88,11 @@ PRESETS: dict[str, Preset] = {
         train=TrainConfig(num_epochs=3, batch_size=128, lr=0.1),
         spawn_epoch=1, num_seeds=2, soup_size=3, val_fraction=0.04, train_subset=6_000, test_subset=2_000,
         recal_images=1000, distil_four_owners=False,
+        # Students are cheap, and at this budget the scratch student's accuracy spreads over several points
+        # from seed to seed: two seeds cannot tell distillation from scratch, so notebook 06 trains four.
+        # No width trend in notebook 04 (3 more models, 3 aligned pairs per width), to stay within the budget.
+        kd_seeds=4, kd_temperatures=(1.0, 4.0), width_trend=(),
+        interpolation_alphas=(0, 0.25, 0.5, 0.75, 1), alignment_alphas=(0, 0.25, 0.5, 0.75, 1), swa_runs=2,
     ),
     # Sized for a `make run` (every notebook, cold cache) of 45 minutes on 2 cores of a Xeon (Sapphire
     # Rapids, bf16 via AMX); results/cpu/timings.json has what the committed run took and the machine's
@@ -86,12 +104,14 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         name="cpu", data="cifar10", width=0.5, student_width=0.5,
         train=TrainConfig(num_epochs=2, batch_size=256, lr=0.2),
-        spawn_epoch=1, num_seeds=3, soup_size=3, recal_images=2000, distil_four_owners=False,
+        spawn_epoch=1, num_seeds=3, soup_size=3, kd_seeds=3, recal_images=2000, distil_four_owners=False,
+        interpolation_alphas=(0, 0.25, 0.5, 0.75, 1), alignment_alphas=(0, 0.25, 0.5, 0.75, 1),
+        width_trend=(0.25, 0.5),
     ),
     "gpu": Preset(
         name="gpu", data="cifar10", width=2.0, student_width=1.0,
         train=TrainConfig(num_epochs=20, batch_size=512, lr=0.2),
-        spawn_epoch=4, num_seeds=5, soup_size=6,
+        spawn_epoch=4, num_seeds=5, soup_size=6, kd_seeds=5,
     ),
 }
 
