@@ -6,6 +6,14 @@ training history. It is written atomically (temp file + rename) and read with
 weight shapes do not match what is asked for is *stale*; a file that cannot be read is *corrupt*.
 Both are reported and retrained, never silently used.
 
+A checkpoint also records the code that trained it (`training_code()`: one digest per module of
+`TRAINING_MODULES`, read from the module's syntax tree, so comments, docstrings and formatting do not
+count). A file trained by other code — a fixed augmentation, a changed schedule — is reported as such,
+naming the modules that differ, and retrained: the cache key is still the config alone, so the retrained
+model replaces the old file under the same name. `HELPERS_ACCEPT_OTHER_CODE=1` serves such files anyway,
+with a warning each (an instructor's archive made at an older commit whose changes you have checked do
+not touch training). Files written before this record existed count as other code.
+
 A cache travels as an archive (an instructor's pre-trained models, a second machine):
 `python -m helpers.checkpoints export ARCHIVE [--preset P]` and `python -m helpers.checkpoints import
 ARCHIVE`. The archive lists every file with its SHA-256; import verifies all of them, refuses
@@ -23,7 +31,9 @@ name of the expected form, loaded with `weights_only=True`, tensors only.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -31,6 +41,7 @@ import os
 import re
 import sys
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -42,6 +53,51 @@ from helpers._prediction_cache import check_entry, code_version
 from helpers.training import History
 
 CHECKPOINT_FORMAT = 1
+
+# The modules whose code determines a trained model: the data stream and augmentation, the architectures
+# and their initialisation, the training loop and its objectives (cross-entropy, distillation, FedAvg, SWA),
+# precision and seeding, and the recipes that call them. Evaluation, alignment, merging and reporting are not
+# here: they never change a trained model.
+TRAINING_MODULES = ("data", "devices", "models", "training", "distillation", "federated", "swa", "averaging",
+                    "ensembling", "repro", "zoo")
+ENV_ACCEPT_OTHER_CODE = "HELPERS_ACCEPT_OTHER_CODE"
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.lru_cache(maxsize=1)
+def training_code() -> dict[str, str]:
+    """`{module: 12 hex digits}` for each of `TRAINING_MODULES` (and torch's version under "torch"): a digest
+    of the module's syntax tree without docstrings, so an edit to code changes it and an edit to a comment
+    or docstring does not."""
+    here = Path(__file__).resolve().parent
+    out = {"torch": str(torch.__version__)}
+    for name in TRAINING_MODULES:
+        path = here / f"{name}.py"
+        if path.is_file():
+            tree = _strip_docstrings(ast.parse(path.read_text(encoding="utf-8")))
+            out[name] = hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:12]
+    return out
+
+
+def _code_difference(stored: Any) -> str | None:
+    """None when `stored` (a checkpoint's "code" record) is this code's, else what differs, for people."""
+    current = training_code()
+    if not isinstance(stored, dict):
+        return "it records no training code (written before checkpoints did)"
+    changed = sorted(k for k in set(current) | set(stored) if current.get(k) != stored.get(k))
+    if not changed:
+        return None
+    return "trained by other code: " + ", ".join(
+        f"torch {stored.get('torch')} -> {current['torch']}" if k == "torch" else f"helpers/{k}.py" for k in changed)
 
 
 def to_plain(config: Any) -> Any:
@@ -85,6 +141,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any, hist
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "history": json.dumps(history.to_dict() if history is not None else None),
         "torch": str(torch.__version__),
+        "code": json.dumps(training_code(), sort_keys=True),
     }
     return atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
 
@@ -115,6 +172,14 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any) -> H
         what = mismatch or next(iter(set(state) ^ set(own)))
         print(f"Checkpoint {path.name} is stale (its weights do not fit the model at {what!r}); retraining.")
         return None
+    difference = _code_difference(json.loads(blob["code"]) if isinstance(blob.get("code"), str) else None)
+    if difference is not None:
+        if os.environ.get(ENV_ACCEPT_OTHER_CODE) != "1":
+            print(f"Checkpoint {path.name} was {difference}; retraining (delete the file to retrain it without "
+                  f"this message, or set {ENV_ACCEPT_OTHER_CODE}=1 to use it anyway).")
+            return None
+        warnings.warn(f"Checkpoint {path.name} was {difference}; used anyway because {ENV_ACCEPT_OTHER_CODE}=1.",
+                      stacklevel=2)
     model.load_state_dict(state)
     return history
 

@@ -111,3 +111,57 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644   # readable by others, like any file the user writes
+
+
+# ----------------------------------------------------------------------------------------------
+# A checkpoint records the code that trained it
+
+
+def test_a_model_trained_by_other_code_is_retrained_and_says_which_module(tiny_data, capsys, monkeypatch):
+    fit = Counter(tiny_data)
+    train_or_load("m", CONFIG, _build, fit)
+    current = checkpoints.training_code()
+    other = {**current, "training": "0" * 12}          # as if helpers/training.py had been fixed since
+    monkeypatch.setattr(checkpoints, "training_code", lambda: other)
+    capsys.readouterr()
+    train_or_load("m", CONFIG, _build, fit)
+    assert fit.calls == 2                               # retrained, not served
+    out = capsys.readouterr().out
+    assert "trained by other code: helpers/training.py" in out and "HELPERS_ACCEPT_OTHER_CODE" in out
+    train_or_load("m", CONFIG, _build, fit)             # the retrained file records the new code
+    assert fit.calls == 2
+
+
+def test_accepting_other_code_serves_the_file_with_a_warning(tiny_data, monkeypatch):
+    fit = Counter(tiny_data)
+    train_or_load("m", CONFIG, _build, fit)
+    monkeypatch.setattr(checkpoints, "training_code", lambda: {"torch": "9.9", "models": "x"})
+    monkeypatch.setenv("HELPERS_ACCEPT_OTHER_CODE", "1")
+    with pytest.warns(UserWarning, match="other code: .*helpers/models.py.*torch"):
+        train_or_load("m", CONFIG, _build, fit)
+    assert fit.calls == 1
+
+
+def test_a_checkpoint_without_a_code_record_counts_as_other_code(tiny_data, capsys):
+    fit = Counter(tiny_data)
+    train_or_load("m", CONFIG, _build, fit)
+    path = checkpoint_path("m", CONFIG)
+    blob = torch.load(path, weights_only=True)
+    del blob["code"]                                    # written before checkpoints recorded their code
+    torch.save(blob, path)
+    train_or_load("m", CONFIG, _build, fit)
+    assert fit.calls == 2 and "records no training code" in capsys.readouterr().out
+
+
+def test_the_code_digest_ignores_comments_and_docstrings_but_not_code():
+    import ast
+    import hashlib
+
+    def digest(source: str) -> str:
+        return hashlib.sha256(ast.dump(checkpoints._strip_docstrings(ast.parse(source))).encode()).hexdigest()
+
+    base = 'def f(x):\n    """Doc."""\n    return x + 1  # add one\n'
+    assert digest(base) == digest('def f(x):\n    """Other words."""\n\n    return x + 1\n')
+    assert digest(base) == digest("def f(x):\n    return x + 1\n")
+    assert digest(base) != digest('def f(x):\n    """Doc."""\n    return x + 2\n')
+    assert set(checkpoints.training_code()) == {"torch", *checkpoints.TRAINING_MODULES}
