@@ -29,10 +29,10 @@ $(VENV)/.installed-site: pyproject.toml
 venv: $(VENV)/.installed-dev
 
 # HELPERS_PRESET picks the budget (smoke | workshop | cpu | gpu); default: gpu with CUDA, else cpu.
-# helpers.runner executes the notebooks in order (build/<preset>/) and writes results/<preset>/timings.json.
+# coursetools.runner executes the notebooks in order (build/<preset>/) and writes results/<preset>/timings.json.
 run: $(VENV)/.installed-notebooks
 	$(PY) -m helpers.presets
-	$(PY) -m helpers.runner
+	$(PY) -m coursetools.runner
 
 # Hermetic: synthetic data, no network, fresh checkpoints; CIFAR10_DIR is ignored here.
 test: $(VENV)/.installed-dev
@@ -49,13 +49,13 @@ test: $(VENV)/.installed-dev
 # for workshop and cpu also rewrite the guide's and README's generated parts from results/<preset>/.
 publish: $(VENV)/.installed-notebooks
 	@preset=$$($(PY) -c "from helpers.presets import get_preset; print(get_preset().name)"); \
-	$(PY) -m helpers.publish executed $$preset && \
-	if [ "$$preset" = workshop ] || [ "$$preset" = cpu ]; then $(PY) -m helpers.publish guide; fi && \
-	if [ "$$preset" = cpu ]; then $(PY) -m helpers.publish readme; fi
+	$(PY) -m coursetools.publish executed $$preset && \
+	if [ "$$preset" = workshop ] || [ "$$preset" = cpu ]; then $(PY) -m coursetools.publish guide; fi && \
+	if [ "$$preset" = cpu ]; then $(PY) -m coursetools.publish readme; fi
 
 # The static course in build/site/, from the committed executed notebooks (nothing is re-executed).
 site: $(VENV)/.installed-site
-	$(PY) -m helpers.publish site-src
+	$(PY) -m coursetools.publish site-src
 	$(VENV)/bin/mkdocs build --quiet
 	@echo "site in build/site/ (open build/site/index.html); browser test: .venv/bin/python -m pytest -m site tests/test_site.py"
 

@@ -1,7 +1,7 @@
 """Colab: the install cell every notebook starts with, and the README's "Open in Colab" links.
 
 Both are built from one address, `[project.urls] Repository` in `pyproject.toml` (not known until the
-course is published: set it there, then run `python -m helpers.colab` to rewrite the notebooks' first
+course is published: set it there, then run `python -m coursetools.colab` to rewrite the notebooks' first
 cells and the README's link table; `tests/test_notebooks.py` checks that they agree).
 """
 
@@ -29,7 +29,7 @@ def repository_url(root: Path | None = None) -> str:
 
 def install_cell(url: str) -> str:
     """The first code cell of every notebook: installs the course on Colab, does nothing elsewhere."""
-    return (f"{MARKER} (does nothing anywhere else; written by `python -m helpers.colab`).\n"
+    return (f"{MARKER} (does nothing anywhere else; written by `python -m coursetools.colab`).\n"
             "import importlib.util, subprocess, sys\n"
             "on_colab = importlib.util.find_spec(\"google\") is not None and importlib.util.find_spec(\"google.colab\") is not None\n"
             "if on_colab and importlib.util.find_spec(\"helpers\") is None:\n"
@@ -85,7 +85,7 @@ def write(root: Path | None = None) -> list[Path]:
 
 
 def main() -> None:
-    """`python -m helpers.colab`: rewrite the install cells and the README links from pyproject.toml."""
+    """`python -m coursetools.colab`: rewrite the install cells and the README links from pyproject.toml."""
     try:
         changed = write()
     except ValueError as exc:

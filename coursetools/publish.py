@@ -3,17 +3,17 @@
 `make run` executes every notebook into `build/<preset>/`. Two steps turn that into something a
 reader can open without running anything:
 
-- `python -m helpers.publish executed PRESET`: copy the executed notebooks to `docs/executed/<preset>/`
+- `python -m coursetools.publish executed PRESET`: copy the executed notebooks to `docs/executed/<preset>/`
   with progress-bar noise reduced to each bar's final line (Jupyter progress widgets become that line
   as plain text, so GitHub and static HTML show it), after checking that every code cell has run,
   none raised, every file is under 2 MB, and all of them print one clean provenance commit.
-- `python -m helpers.publish guide`: rewrite the instructor's guide's generated blocks (what the
+- `python -m coursetools.publish guide`: rewrite the instructor's guide's generated blocks (what the
   committed workshop run shows, its timing table) and the README's workshop row from
   `results/workshop/`, so no number there is typed by hand.
-- `python -m helpers.publish readme`: rewrite the README's cpu results section (the trade-off table,
+- `python -m coursetools.publish readme`: rewrite the README's cpu results section (the trade-off table,
   the calibration sentence, the chart and "How long it takes") from `results/cpu/`, refusing results
   that do not all come from the run its `timings.json` describes.
-- `python -m helpers.publish site-src [--preset P]`: write `build/site-src/` for MkDocs (`make site`):
+- `python -m coursetools.publish site-src [--preset P]`: write `build/site-src/` for MkDocs (`make site`):
   a front page (what the course teaches, the trade-off chart, the notebooks with one line each, the
   two commands), the executed notebooks and the instructor's guide.
 """
@@ -29,11 +29,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from coursetools.colab import repository_url
+from coursetools.speed import run_speed
 from helpers._paths import atomic_write, project_root
-from helpers.colab import repository_url
 from helpers.presets import get_preset
 from helpers.results import tradeoff_markdown
-from helpers.speed import run_speed
 from helpers.stats import mean_std
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -165,7 +165,7 @@ def site_preset(root: Path) -> str:
         if folder.is_dir() and names <= {p.name for p in folder.glob("*.ipynb")}:
             return preset
     raise PublishError("no complete set of executed notebooks under docs/executed/: "
-                       "run `make run`, then `python -m helpers.publish executed PRESET`")
+                       "run `make run`, then `python -m coursetools.publish executed PRESET`")
 
 
 def write_site_sources(preset: str | None = None, *, out: Path | None = None) -> Path:
@@ -224,7 +224,7 @@ make test    # set up .venv, unit tests + every notebook under nbval (smoke pres
 # ----------------------------------------------------------------------------------------------
 # The instructor's guide and the README's workshop row, written from the committed workshop run
 
-GUIDE_MARKERS = {name: (f"<!-- generated: {name} (python -m helpers.publish guide; do not edit by hand) -->",
+GUIDE_MARKERS = {name: (f"<!-- generated: {name} (python -m coursetools.publish guide; do not edit by hand) -->",
                         f"<!-- end generated: {name} -->") for name in ("lessons", "timing")}
 README_ROW_MARKER = "<!-- generated: workshop row -->"
 WORKSHOP_TARGET_SECONDS = 720          # issue 14: the whole course cold in 12 minutes
@@ -323,7 +323,7 @@ def workshop_lessons(folder: Path, timings: dict) -> str:
         "",
         f"On CIFAR-10 ({source}), {preset.test_subset:,} test images, one cold run "
         f"of commit `{timings['git_commit']}` (`results/workshop/`), written into this guide by "
-        "`python -m helpers.publish guide` (it is never edited by hand):",
+        "`python -m coursetools.publish guide` (it is never edited by hand):",
         "",
         f"- independent pair, naive midpoint: {_pct(pairs3['independent']['midpoint_naive'], 1)} (lesson: ≤ 20%) — "
         f"{_shown(pairs3['independent']['midpoint_naive'] <= 0.20)};",
@@ -556,7 +556,7 @@ def write_guide(root: Path | None = None) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 # The README's cpu results, written from the committed cpu run
 
-CPU_MARKERS = ("<!-- generated: cpu results (python -m helpers.publish readme; do not edit by hand) -->",
+CPU_MARKERS = ("<!-- generated: cpu results (python -m coursetools.publish readme; do not edit by hand) -->",
                "<!-- end generated: cpu results -->")
 
 
@@ -600,7 +600,7 @@ def cpu_results_section(folder: Path, timings: dict) -> str:
     speed = run_speed(timings)
     machine_speed = (f" That machine trained the course model at {speed['train_images_per_second']:,.0f} images/s and "
                      f"evaluated it at {speed['eval_images_per_second']:,.0f} (`host_speed` in `timings.json`, measured "
-                     "before and after the run); `python -m helpers.speed` scales the time to yours." if speed else "")
+                     "before and after the run); `python -m coursetools.speed` scales the time to yours." if speed else "")
     first = blobs[stems[0]]["results"]
     model = (f" (course CNN ×{first['model']['width']:g} ({first['model']['parameters']:,} parameters), "
              f"{first['train_config']['num_epochs']} epochs per model: {_pct(first['test_accuracy'], 1)} for "
@@ -610,7 +610,7 @@ no GPU, in {precision}: one cold `make run` of commit `{timings['git_commit']}` 
 results files, figures and executed notebooks ([`docs/executed/cpu/`](docs/executed/cpu/)) are committed
 together in [`results/cpu/`](results/cpu/). The table is [`results/cpu/summary.md`](results/cpu/summary.md),
 written by `{last}` from the JSON files beside it; this section is written from those files by
-`python -m helpers.publish readme` (a test fails if they differ). Every row is a mean over runs where the
+`python -m coursetools.publish readme` (a test fails if they differ). Every row is a mean over runs where the
 spread column gives ± (the standard deviation) and their number; Δ columns compare means.
 
 <!-- results:start -->
@@ -655,7 +655,7 @@ def write_readme(root: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m helpers.publish")
+    parser = argparse.ArgumentParser(prog="python -m coursetools.publish")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("executed", help="copy build/<preset>/ to docs/executed/<preset>/, cleaned and checked")
     ex.add_argument("preset")

@@ -1,16 +1,17 @@
-"""`python -m helpers.runner`: execute the course notebooks in order in one process (what `make run` calls).
+"""`python -m coursetools.runner`: execute the course notebooks in order in one process (what `make run` calls).
 
 Each notebook runs in a fresh Jupyter kernel through `nbclient` (the library `jupyter nbconvert
 --execute` uses), with its own folder as the working directory. The executed copy goes to
 `build/<preset>/<name>.ipynb` (written atomically: an interrupted run leaves the previous file or
 none, never half of one), each notebook's wall time is printed as it finishes, and after the last
-one `results/<preset>/timings.json` is written (`helpers.results.save_timings`). The runner also
+one `results/<preset>/timings.json` is written (`save_timings`). The runner also
 measures the machine's speed on the course model before the first notebook and after the last
-(`helpers.speed.measure`, about 10 s each; stored in timings.json as `host_speed`, so a time says
+(`coursetools.speed.measure`, about 10 s each; stored in timings.json as `host_speed`, so a time says
 what machine it was measured on), and counts the checkpoints each notebook writes into the
 checkpoint cache (`helpers.checkpoints.checkpoint_dir`):
 a run from a complete cache (for instance one imported with `python -m helpers.checkpoints import`)
-says "0 checkpoint(s) written", i.e. no model was retrained. The notebooks of one run share a folder
+says "0 checkpoint(s) written", i.e. no model was retrained. Every kernel it starts has the prediction
+cache on (`HELPERS_CACHE_PREDICTIONS=1` in its environment), and the notebooks of one run share a folder
 of evaluated models' logits (`helpers.evaluation.cache_predictions`, keyed by each model's content and
 the code that evaluated it), so a model evaluated in notebook 03 is not evaluated again in 04, 05 or 09.
 The folder is `<checkpoint cache>/predictions/<preset>/`: it stays for the next run of the same code
@@ -25,28 +26,31 @@ runner talks to each kernel over local IPC sockets in a private temporary folder
 ports on localhost (so no port is opened, and ipykernel has no unencrypted-TCP warning to print).
 
 Usage (from the project root; the preset comes from `HELPERS_PRESET`, see `helpers.presets`):
-    .venv/bin/python -m helpers.runner                      # every notebooks/NN_*.ipynb
-    .venv/bin/python -m helpers.runner notebooks/03_weight_averaging.ipynb   # some of them (no timings.json)
-    .venv/bin/python -m helpers.runner --label "warm, from an imported archive"   # timings-warm.json
+    .venv/bin/python -m coursetools.runner                      # every notebooks/NN_*.ipynb
+    .venv/bin/python -m coursetools.runner notebooks/03_weight_averaging.ipynb   # some of them (no timings.json)
+    .venv/bin/python -m coursetools.runner --label "warm, from an imported archive"   # timings-warm.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+from coursetools.speed import measure
 from helpers._paths import atomic_write, project_root
 from helpers.checkpoints import PREDICTIONS, checkpoint_dir
+from helpers.devices import pick_device, resolve_precision
 from helpers.evaluation import code_version
 from helpers.presets import get_preset
-from helpers.results import save_timings
-from helpers.speed import measure
+from helpers.repro import environment
+from helpers.results import save_text
 
 
 def course_notebooks(root: Path | None = None) -> list[Path]:
@@ -121,15 +125,16 @@ def run(notebooks: Sequence[Path], preset: str, out_dir: Path, *, cache: Path | 
     `helpers.checkpoints.checkpoint_dir()`) and how many evaluations it stored; `written`, if given,
     receives {stem: the checkpoints' file names}, `evaluations` {"found": entries of this code version
     at the start, "stored": entries the run added}.
-    share_predictions: the notebooks share the folder `prediction_folder(cache, preset)` of evaluated
-    models' logits (`helpers.evaluation.cache_predictions`), kept for later runs of the same code."""
+    The kernels get `HELPERS_CACHE_PREDICTIONS=1` (the prediction cache on, `helpers.evaluation.cache_predictions`);
+    share_predictions: the notebooks also share the folder `prediction_folder(cache, preset)` of evaluated
+    models' logits (`$HELPERS_PREDICTION_CACHE_DIR`), kept for later runs of the same code."""
     cache = cache or checkpoint_dir()
     missing = [str(p) for p in notebooks if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"no such notebook: {', '.join(missing)}")
     seconds: dict[str, float] = {}
     shared = prediction_folder(cache, preset) if share_predictions else None
-    previous = os.environ.get("HELPERS_PREDICTION_CACHE_DIR")
+    previous = {name: os.environ.get(name) for name in ("HELPERS_PREDICTION_CACHE_DIR", "HELPERS_CACHE_PREDICTIONS")}
     if shared:   # the kernels inherit it: a model evaluated in one notebook is not evaluated again in the next
         kept, removed = prepare_prediction_folder(shared)
         print(f"== stored evaluations in {shared}: {kept} of this code version"
@@ -139,6 +144,7 @@ def run(notebooks: Sequence[Path], preset: str, out_dir: Path, *, cache: Path | 
             evaluations.update(found=kept, stored=0)
     else:
         os.environ.pop("HELPERS_PREDICTION_CACHE_DIR", None)
+    os.environ["HELPERS_CACHE_PREDICTIONS"] = "1"   # inherited too: the prediction cache is on in every kernel
     try:
         for path in notebooks:
             path = Path(path)
@@ -155,11 +161,41 @@ def run(notebooks: Sequence[Path], preset: str, out_dir: Path, *, cache: Path | 
             stored = f", {added} evaluation(s) stored" if shared else ""
             print(f"   {seconds[path.stem]:.1f} s, {len(new)} checkpoint(s) written{stored}", flush=True)
     finally:
-        if previous is None:
-            os.environ.pop("HELPERS_PREDICTION_CACHE_DIR", None)
-        else:
-            os.environ["HELPERS_PREDICTION_CACHE_DIR"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return seconds
+
+
+def save_timings(preset: str, seconds: Mapping[str, float], *, checkpoints_written: int | None = None,
+                 label: str | None = None, name: str = "timings.json",
+                 host_speed: Mapping[str, Mapping] | None = None,
+                 evaluations: Mapping[str, int] | None = None) -> Path:
+    """Write `results/<preset>/<name>`: seconds per notebook (in run order), their total, and what they
+    ran on (preset, precision, device and CPU/GPU model, torch version, git commit, date); optionally how
+    many checkpoints the run wrote (0: every model came from the cache) and a `label` saying what kind
+    of run it was (for instance "warm, from an imported checkpoint archive"), and `host_speed`: the
+    machine's speed measured around the run, {"before": coursetools.speed.measure(), "after": ...}, and
+    `evaluations`: {"found": stored evaluations there at the start, "stored": those the run computed and
+    stored} (`helpers.evaluation.cache_predictions`; found > 0 means some results were served, not computed)."""
+    device = pick_device()
+    env = environment(device)
+    blob = {"preset": preset, "precision": resolve_precision(get_preset(preset).train.precision, device),
+            "device": env["device"], "device_name": env["device_name"], "torch": env["torch"],
+            "git_commit": env["git_commit"], "date": env["date"],
+            "seconds": {name: float(s) for name, s in seconds.items()},
+            "total_seconds": float(sum(seconds.values()))}
+    if checkpoints_written is not None:
+        blob["checkpoints_written"] = int(checkpoints_written)
+    if label:
+        blob["label"] = label
+    if evaluations is not None:
+        blob["evaluations"] = {"found": int(evaluations["found"]), "stored": int(evaluations["stored"])}
+    if host_speed:
+        blob["host_speed"] = {when: dict(speed) for when, speed in host_speed.items()}
+    return save_text(name, json.dumps(blob, indent=2, allow_nan=False) + "\n", preset=preset)   # finite numbers only
 
 
 def _slug(label: str) -> str:
@@ -169,7 +205,7 @@ def _slug(label: str) -> str:
 
 
 def _speed(when: str) -> dict | None:
-    """`helpers.speed.measure()` for the active preset, printed (not counted in any notebook's time). A
+    """`coursetools.speed.measure()` for the active preset, printed (not counted in any notebook's time). A
     measurement that fails (an unusual device or build) is reported and skipped: it never stops the run."""
     try:
         speed = measure()
@@ -182,7 +218,7 @@ def _speed(when: str) -> dict | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.runner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m coursetools.runner", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path,
                         help="notebooks to run, in this order (default: every notebooks/NN_*.ipynb; "
                              "timings.json is written only for the full course)")

@@ -7,7 +7,7 @@ training steps (the preset's batch size and optimiser) and evaluation batches (`
 `make run` records it in `results/<preset>/timings.json` (`host_speed`) before its first notebook
 and after its last, so every committed time comes with the speed of its machine.
 
-`python -m helpers.speed [--preset P]` prints this machine's speed and, for each committed run of the
+`python -m coursetools.speed [--preset P]` prints this machine's speed and, for each committed run of the
 preset, a rough estimate of its time here: its seconds scaled by the ratio of the two speeds (training
 speed for a cold run, evaluation speed for a warm one, which only evaluates). A rough estimate: the
 notebooks also read files, decode images and fit small things that do not scale with the model.
@@ -121,7 +121,7 @@ def estimate_seconds(timings: Mapping, here: Mapping) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.speed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m coursetools.speed", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=None, help="smoke | workshop | cpu | gpu (default: HELPERS_PRESET, else by device)")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds to time training (evaluation: half)")
     args = parser.parse_args(argv)

@@ -11,7 +11,6 @@ Notebook 10's trade-off table is built here from the other notebooks' files (`lo
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -19,8 +18,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from helpers._paths import atomic_write, project_root, resolve_user_path
-from helpers.devices import pick_device, resolve_precision
-from helpers.presets import get_preset
 from helpers.repro import environment
 from helpers.stats import mean_std
 
@@ -284,58 +281,3 @@ def one_run_notes(rows: Sequence[Mapping]) -> str:
         return ""
     return "\nRows with one run (no error bar), and why:\n" + "".join(
         f"- {r['method']}: {r.get('why_one_run') or 'no reason recorded'}\n" for r in single)
-
-
-# ----------------------------------------------------------------------------------------------
-# Timings of a `make run`
-
-
-def save_timings(preset: str, seconds: Mapping[str, float], *, checkpoints_written: int | None = None,
-                 label: str | None = None, name: str = "timings.json",
-                 host_speed: Mapping[str, Mapping] | None = None,
-                 evaluations: Mapping[str, int] | None = None) -> Path:
-    """Write `results/<preset>/<name>`: seconds per notebook (in run order), their total, and what they
-    ran on (preset, precision, device and CPU/GPU model, torch version, git commit, date); optionally how
-    many checkpoints the run wrote (0: every model came from the cache) and a `label` saying what kind
-    of run it was (for instance "warm, from an imported checkpoint archive"), and `host_speed`: the
-    machine's speed measured around the run, {"before": helpers.speed.measure(), "after": ...}, and
-    `evaluations`: {"found": stored evaluations there at the start, "stored": those the run computed and
-    stored} (`helpers.evaluation.cache_predictions`; found > 0 means some results were served, not computed)."""
-    device = pick_device()
-    env = environment(device)
-    blob = {"preset": preset, "precision": resolve_precision(get_preset(preset).train.precision, device),
-            "device": env["device"], "device_name": env["device_name"], "torch": env["torch"],
-            "git_commit": env["git_commit"], "date": env["date"],
-            "seconds": {name: float(s) for name, s in seconds.items()},
-            "total_seconds": float(sum(seconds.values()))}
-    if checkpoints_written is not None:
-        blob["checkpoints_written"] = int(checkpoints_written)
-    if label:
-        blob["label"] = label
-    if evaluations is not None:
-        blob["evaluations"] = {"found": int(evaluations["found"]), "stored": int(evaluations["stored"])}
-    if host_speed:
-        blob["host_speed"] = {when: dict(speed) for when, speed in host_speed.items()}
-    _check_plain(blob)
-    return save_text(name, json.dumps(blob, indent=2) + "\n", preset=preset)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m helpers.results timings PRESET LOG`: turn the `make run` log of `<notebook> <seconds>`
-    lines into `results/<preset>/timings.json`."""
-    parser = argparse.ArgumentParser(prog="python -m helpers.results")
-    sub = parser.add_subparsers(dest="command", required=True)
-    timings = sub.add_parser("timings", help="write results/<preset>/timings.json from a make run log")
-    timings.add_argument("preset")
-    timings.add_argument("log", type=Path, help="lines of '<notebook stem> <seconds>'")
-    args = parser.parse_args(argv)
-    seconds = {}
-    for line in args.log.read_text().splitlines():
-        if line.strip():
-            name, value = line.split()
-            seconds[name] = float(value)
-    print(f"wrote {save_timings(args.preset, seconds)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -36,13 +36,13 @@ def test_notebook_anatomy(path):
 
 
 def test_colab_install_cells_and_readme_links_follow_the_one_repository_url():
-    from helpers.colab import LINKS_END, LINKS_START, install_cell, links_table, repository_url
+    from coursetools.colab import LINKS_END, LINKS_START, install_cell, links_table, repository_url
     url = repository_url()
     for path in NOTEBOOKS:
         nb = json.loads(path.read_text())
         first = next(c for c in nb["cells"] if c["cell_type"] == "code")
         assert "".join(first["source"]) == install_cell(url), \
-            f"{path.name}: the Colab install cell is missing or stale; run python -m helpers.colab"
+            f"{path.name}: the Colab install cell is missing or stale; run python -m coursetools.colab"
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme[readme.index(LINKS_START):readme.index(LINKS_END) + len(LINKS_END)]
     assert block == links_table(url, [p.name for p in NOTEBOOKS]), "README's Colab links are stale"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from helpers._paths import project_root
-from helpers.publish import PublishError, clean_notebook, provenance_commit, publish_executed
+from coursetools.publish import PublishError, clean_notebook, provenance_commit, publish_executed
 
 
 def _widget_state(model="box"):
@@ -55,7 +55,7 @@ def test_publishing_needs_every_notebook_from_one_clean_commit(tmp_path, monkeyp
     build.mkdir(parents=True)
     for name in ("01_a.ipynb", "02_b.ipynb"):
         (root / "notebooks" / name).write_text("{}")
-    monkeypatch.setattr("helpers.publish.project_root", lambda: root)
+    monkeypatch.setattr("coursetools.publish.project_root", lambda: root)
     (build / "01_a.ipynb").write_text(json.dumps(_nb([])))
     with pytest.raises(PublishError, match="02_b.ipynb"):
         publish_executed("workshop")                                       # one missing
@@ -75,20 +75,20 @@ def test_publishing_needs_every_notebook_from_one_clean_commit(tmp_path, monkeyp
 
 def test_the_guide_and_the_readme_row_say_what_the_committed_workshop_run_says():
     """docs/workshop.md's generated blocks and the README's workshop row equal what `python -m
-    helpers.publish guide` writes from results/workshop/: no number there is typed by hand or stale."""
-    from helpers.publish import render_guide
+    coursetools.publish guide` writes from results/workshop/: no number there is typed by hand or stale."""
+    from coursetools.publish import render_guide
     root = project_root()
     guide, readme = (root / "docs" / "workshop.md").read_text(), (root / "README.md").read_text()
     new_guide, new_readme = render_guide(guide, readme, root=root)
-    assert new_guide == guide, "docs/workshop.md is stale: run `python -m helpers.publish guide`"
-    assert new_readme == readme, "README.md's workshop row is stale: run `python -m helpers.publish guide`"
+    assert new_guide == guide, "docs/workshop.md is stale: run `python -m coursetools.publish guide`"
+    assert new_readme == readme, "README.md's workshop row is stale: run `python -m coursetools.publish guide`"
 
 
 def test_the_guide_follows_the_results_and_says_when_a_lesson_is_not_shown(tmp_path):
     """Change one number in a copy of the results: the guide changes with it, and a lesson beyond its
     threshold is reported as not shown."""
     import shutil
-    from helpers.publish import render_guide
+    from coursetools.publish import render_guide
     root = project_root()
     shutil.copytree(root / "results" / "workshop", tmp_path / "results" / "workshop")
     path = tmp_path / "results" / "workshop" / "03_weight_averaging.json"
@@ -101,7 +101,7 @@ def test_the_guide_follows_the_results_and_says_when_a_lesson_is_not_shown(tmp_p
 
 
 def test_the_guide_refuses_a_file_without_its_generated_blocks():
-    from helpers.publish import PublishError, render_guide
+    from coursetools.publish import PublishError, render_guide
     root = project_root()
     with pytest.raises(PublishError, match=r"workshop\.md has no '<!-- generated: lessons"):
         render_guide("# a guide without markers\n", (root / "README.md").read_text(), root=root)
@@ -110,7 +110,7 @@ def test_the_guide_refuses_a_file_without_its_generated_blocks():
 
 
 def test_the_timing_table_gains_a_column_per_second_run_of_the_same_commit():
-    from helpers.publish import PublishError, workshop_timing
+    from coursetools.publish import PublishError, workshop_timing
     base = {"preset": "workshop", "precision": "fp32", "device_name": "cpu (2 threads, AMD EPYC, AVX2)",
             "torch": "2.14.1", "git_commit": "abc123", "seconds": {"01_a": 30.0, "02_b": 100.0},
             "total_seconds": 130.0}
@@ -130,17 +130,17 @@ def test_the_timing_table_gains_a_column_per_second_run_of_the_same_commit():
 
 def test_the_readme_results_say_what_the_committed_cpu_run_says():
     """README.md's cpu results section (table, calibration, chart, time) equals what `python -m
-    helpers.publish readme` writes from results/cpu/: no number there is typed by hand or stale."""
-    from helpers.publish import render_readme
+    coursetools.publish readme` writes from results/cpu/: no number there is typed by hand or stale."""
+    from coursetools.publish import render_readme
     root = project_root()
     readme = (root / "README.md").read_text()
-    assert render_readme(readme, root=root) == readme, "README.md is stale: run `python -m helpers.publish readme`"
+    assert render_readme(readme, root=root) == readme, "README.md is stale: run `python -m coursetools.publish readme`"
 
 
 def test_the_readme_results_name_the_schedule_the_cpu_run_trained_with(tmp_path):
     """The results section says which model and schedule made its numbers, read from notebook 01's results
     (so a preset changed after the run cannot make the README claim the new schedule)."""
-    from helpers.publish import render_readme
+    from coursetools.publish import render_readme
     root, folder = _cpu_copy(tmp_path)
     first = json.loads((folder / "01_data_and_models.json").read_text())
     first["results"]["train_config"]["num_epochs"] = 7
@@ -160,7 +160,7 @@ def _cpu_copy(tmp_path):
 
 
 def test_the_readme_results_follow_the_run_and_refuse_another_commit(tmp_path):
-    from helpers.publish import render_readme
+    from coursetools.publish import render_readme
     root, folder = _cpu_copy(tmp_path)
     readme = (root / "README.md").read_text()
     path = folder / "05_prediction_ensembling.json"
@@ -179,7 +179,7 @@ def test_the_readme_results_follow_the_run_and_refuse_another_commit(tmp_path):
 
 
 def test_the_cpu_timing_table_shows_cold_and_labelled_runs(tmp_path):
-    from helpers.publish import cpu_timing
+    from coursetools.publish import cpu_timing
     base = {"preset": "cpu", "precision": "bf16", "device_name": "cpu (2 threads, Intel Xeon, AMX)",
             "torch": "2.14.1", "git_commit": "abc123", "seconds": {"01_a": 300.0, "02_b": 2500.0},
             "total_seconds": 2800.0, "checkpoints_written": 40}

@@ -35,18 +35,6 @@ def test_save_figure_writes_png():
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_make_run_timings_are_written_with_what_they_ran_on(tmp_path):
-    from helpers.results import main
-    log = tmp_path / "timings.log"
-    log.write_text("01_data_and_models 45\n02_train_paired_models 141\n")
-    main(["timings", "smoke", str(log)])
-    blob = json.loads((results_dir("smoke") / "timings.json").read_text())
-    assert blob["seconds"] == {"01_data_and_models": 45.0, "02_train_paired_models": 141.0}
-    assert blob["total_seconds"] == 186.0 and blob["preset"] == "smoke"
-    for key in ("precision", "device", "device_name", "torch", "git_commit", "date"):
-        assert key in blob
-
-
 def _workshop_results():
     import json
     from helpers._paths import project_root

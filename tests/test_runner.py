@@ -1,4 +1,4 @@
-"""helpers.runner: what `make run` uses to execute the notebooks (real Jupyter kernels, tiny notebooks)."""
+"""coursetools.runner: what `make run` uses to execute the notebooks (real Jupyter kernels, tiny notebooks)."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import nbformat
 import pytest
 
-from helpers import runner
+from coursetools import runner
 
 
 def _notebook(path, *sources):
@@ -98,9 +98,11 @@ def test_the_notebooks_share_a_prediction_folder_kept_for_the_next_run_of_the_sa
     """A model evaluated in one notebook is served to the next from `<cache>/predictions/<preset>/` (real
     kernels, helpers.evaluation.cache_predictions); the folder stays, so the next run computes nothing,
     entries of another code version are removed when a run starts, and share_predictions=False leaves
-    each notebook on its own."""
+    each notebook on its own. Every kernel gets HELPERS_CACHE_PREDICTIONS=1 (the cache's switch), shared
+    folder or not, and the runner's own environment is left as it was."""
     from helpers.evaluation import code_version
     monkeypatch.delenv("HELPERS_PREDICTION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("HELPERS_CACHE_PREDICTIONS", raising=False)
     setup = ("import os, torch\n"
              "from helpers.evaluation import cache_predictions, predict_logits\n"
              "from helpers.data import synthetic_cifar\n"
@@ -108,7 +110,8 @@ def test_the_notebooks_share_a_prediction_folder_kept_for_the_next_run_of_the_sa
              "cache_predictions()\n"
              "torch.manual_seed(0)\n"
              "logits = predict_logits(course_cnn(0.25), synthetic_cifar(64, 32, seed=0).test)\n"
-             "print(os.environ.get('HELPERS_PREDICTION_CACHE_DIR'), cache_predictions.hits)")
+             "print(os.environ.get('HELPERS_PREDICTION_CACHE_DIR'), cache_predictions.hits,\n"
+             "      os.environ.get('HELPERS_CACHE_PREDICTIONS'))")
     first = _notebook(tmp_path / "01_a.ipynb", setup)
     second = _notebook(tmp_path / "02_b.ipynb", setup)
     out, cache = tmp_path / "build", tmp_path / "cache"
@@ -120,11 +123,11 @@ def test_the_notebooks_share_a_prediction_folder_kept_for_the_next_run_of_the_sa
 
     counts = {}
     runner.run([first, second], "smoke", out, cache=cache, evaluations=counts)
-    assert outputs() == [[str(folder), "0"], [str(folder), "1"]]      # computed in 01, served in 02
+    assert outputs() == [[str(folder), "0", "1"], [str(folder), "1", "1"]]      # computed in 01, served in 02
     assert counts == {"found": 0, "stored": 1}
     stored = list(folder.glob("*.pt"))
     assert len(stored) == 1 and stored[0].name.startswith(code_version() + "-")
-    assert "HELPERS_PREDICTION_CACHE_DIR" not in os.environ
+    assert "HELPERS_PREDICTION_CACHE_DIR" not in os.environ and "HELPERS_CACHE_PREDICTIONS" not in os.environ
     stale = folder / f"000000000000-{'0' * 40}.pt"
     stale.write_bytes(b"written by other code")
 
@@ -134,4 +137,17 @@ def test_the_notebooks_share_a_prediction_folder_kept_for_the_next_run_of_the_sa
     assert counts == {"found": 1, "stored": 0} and not stale.exists()
 
     runner.run([first, second], "smoke", out, cache=cache, share_predictions=False)
-    assert outputs() == [["None", "0"], ["None", "0"]]
+    assert outputs() == [["None", "0", "1"], ["None", "0", "1"]]
+
+
+def test_make_run_timings_are_written_with_what_they_ran_on(tmp_path):
+    """`save_timings` (moved here from helpers.results: only the runner writes timings files)."""
+    path = runner.save_timings("smoke", {"01_data_and_models": 45, "02_train_paired_models": 141})
+    blob = json.loads(path.read_text())
+    assert path.name == "timings.json" and path.parent.name == "smoke"
+    assert blob["seconds"] == {"01_data_and_models": 45.0, "02_train_paired_models": 141.0}
+    assert blob["total_seconds"] == 186.0 and blob["preset"] == "smoke"
+    for key in ("precision", "device", "device_name", "torch", "git_commit", "date"):
+        assert key in blob
+    with pytest.raises(ValueError):
+        runner.save_timings("smoke", {"01_data_and_models": float("nan")})   # finite numbers only

@@ -1,4 +1,4 @@
-"""helpers.speed: the machine's speed on the course model, recorded with every `make run` time, and the
+"""coursetools.speed: the machine's speed on the course model, recorded with every `make run` time, and the
 rough estimate of a committed run's time on another machine. No speed is asserted here."""
 
 import json
@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from helpers import publish, speed
+from coursetools import publish, speed
+from coursetools.runner import save_timings
 from helpers.presets import get_preset
-from helpers.results import save_timings
 
 
 def test_measure_reports_finite_speeds_and_what_they_were_measured_at():
@@ -60,7 +60,7 @@ def test_timings_file_keeps_the_machine_speed_and_the_guide_table_shows_it(tmp_p
 
 
 def test_a_failing_speed_measurement_never_stops_make_run(monkeypatch, capsys):
-    from helpers import runner
+    from coursetools import runner
 
     def broken():
         raise RuntimeError("no kernel for this op on this device")
@@ -73,7 +73,7 @@ def test_a_failing_speed_measurement_never_stops_make_run(monkeypatch, capsys):
 def test_make_run_writes_both_measurements_into_timings_json(tmp_path, monkeypatch):
     import nbformat
 
-    from helpers import runner
+    from coursetools import runner
 
     monkeypatch.setenv("HELPERS_ROOT", str(tmp_path))
     monkeypatch.setenv("HELPERS_PRESET", "smoke")
