@@ -212,7 +212,7 @@ def train_or_load(name: str, config: Any, build: Callable[[], nn.Module], fit: C
 
 ARCHIVE_FORMAT = 1
 MANIFEST = "MANIFEST.json"
-PREDICTIONS = "predictions"   # <checkpoint cache>/predictions/<preset>/: stored evaluations (helpers.runner)
+PREDICTIONS = "predictions"   # <checkpoint cache>/predictions/<preset>/: stored evaluations (coursetools.runner)
 _MEMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.pt$")
 _PREDICTION_MEMBER = re.compile(rf"^{PREDICTIONS}/[A-Za-z0-9][A-Za-z0-9_-]*/[0-9a-f]{{12}}-[0-9a-f]{{40}}\.pt$")
 

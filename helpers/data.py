@@ -567,7 +567,7 @@ def tensor_data(x: torch.Tensor, y: torch.Tensor, *, classes: Sequence[str] | No
     if classes is None:
         classes = tuple(str(c) for c in range(int(y.max()) + 1 if len(y) else 0))
     if x.dtype == torch.uint8:
-        raise TypeError(f"{name}: uint8 inputs {tuple(x.shape)} need their normalisation: convert them to float "
+        raise ValueError(f"{name}: uint8 inputs {tuple(x.shape)} need their normalisation: convert them to float "
                         "model inputs yourself, or pass TensorData(images, labels, classes, mean=..., std=...)")
     return TensorData(x, y, tuple(classes), source="tensors")
 

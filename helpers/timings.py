@@ -1,6 +1,6 @@
 """How long a notebook took in the committed runs, read from `results/<preset>/timings.json`.
 
-`make run` writes one `timings.json` per preset it runs the whole course for (`helpers.runner`):
+`make run` writes one `timings.json` per preset it runs the whole course for (`coursetools.runner`):
 each notebook's wall-clock seconds with a cold cache, the machine (`device_name`, `precision`),
 the commit it ran at and, for newer runs, the machine's measured speed (`host_speed`). Every
 notebook's parameters cell prints its line of those files with `notebook_times`, so the time a
