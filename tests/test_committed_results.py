@@ -10,10 +10,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "cpu"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# Notebooks added (or renumbered) since the last cpu run: they would have real results from the
-# `workshop` preset only, and the README would say so. Empty since the ten-notebook cpu run. The list
-# cannot go stale: a notebook listed here that gains cpu results fails `test_pending_list_is_current`.
-CPU_PENDING: tuple[str, ...] = ()
 # The cpu run's trade-off notebook.
 CPU_TRADEOFFS = NOTEBOOKS[-1].stem
 
@@ -28,19 +24,8 @@ def _check_real(path, preset, stem):
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_notebook_has_real_results(notebook):
-    if notebook.stem in CPU_PENDING:
-        _check_real(ROOT / "results" / "workshop" / f"{notebook.stem}.json", "workshop", notebook.stem)
-    else:
-        _check_real(RESULTS / f"{notebook.stem}.json", "cpu", notebook.stem)
-
-
-def test_pending_list_is_current():
-    stems = {nb.stem for nb in NOTEBOOKS}
-    readme = (ROOT / "README.md").read_text()
-    for stem in CPU_PENDING:
-        assert stem in stems, f"{stem} is not a notebook any more: take it off CPU_PENDING"
-        assert not (RESULTS / f"{stem}.json").exists(), f"{stem} has cpu results now: take it off CPU_PENDING"
-        assert stem in readme, f"README.md must say that {stem} has no cpu results yet"
+    """A notebook added since the last cpu run fails here until that preset is run again."""
+    _check_real(RESULTS / f"{notebook.stem}.json", "cpu", notebook.stem)
 
 
 def _table_rows(markdown: str) -> list[str]:
