@@ -1,4 +1,4 @@
-"""Permutation alignment: weight matching (Git Re-Basin) and REPAIR (introduced in notebook 04).
+"""Permutation alignment: the permutation spec and weight matching (Git Re-Basin) (introduced in notebook 04).
 
 Hidden units can be reordered without changing what a network computes: permute the output
 channels of a Conv2d / Linear (and of the BatchNorm after it) and the input channels of the next
@@ -10,28 +10,21 @@ units that best matches model_a's weights (Ainsworth, Hayase & Srinivasa, 2022: 
 over layers, each step a linear assignment solved by `scipy.optimize.linear_sum_assignment`) and
 returns a permuted copy of model_b that computes the same function.
 
-The permutation structure is read off the model, not written per architecture (`permutation_spec`):
-an `nn.Sequential` (nested Sequentials flattened) of Linear, Conv, BatchNorm, element-wise
-activations, pooling, Dropout and Flatten is read in layer order; any other model is traced with
-`torch.fx` (`traced_permutation_spec`), where a residual addition ties the channel groups it adds
-(a ResNet's stream is one group). Anything else — concatenation, attention, LayerNorm, grouped
-convolutions — raises an error naming the node; an explicit spec (a list of `PermGroup`) can be
-passed instead. The course CNNs are plain Sequentials.
-
-`repair(merged, model_a, model_b, batches, alpha)` fixes the variance collapse of merged models
-(Jordan et al., 2022): every hidden channel's output gets the mean and standard deviation
-interpolated between the two endpoints' channels, measured on training images — through the
-BatchNorm layers' affine parameters where there are BatchNorm layers, else by folding a per-channel
-scale and shift into each hidden Linear / Conv layer's weights and bias.
+The permutation structure is read off the model, not written per architecture: `permutation_spec`
+traces the forward pass with `torch.fx` (a plain `nn.Sequential` such as the course CNNs traces to
+its layer order), and a residual addition ties the channel groups it adds (a ResNet's stream is one
+group). Anything else — concatenation, attention, LayerNorm, grouped convolutions — raises an error
+naming the node; an explicit spec (a list of `PermGroup`) can be passed instead. `spec_axes` is the
+one reading of a spec: permuting, weight matching and REPAIR's choice of hidden units
+(`hidden_unit_modules`, used by `helpers.repair`) all go through it.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import operator
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -40,9 +33,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from helpers.averaging import check_compatible, has_batchnorm, recalibrate_batchnorm
-from helpers.devices import autocast, eval_mode, resolve_precision
-from helpers.evaluation import batches_digest, memoized
+from helpers.averaging import check_compatible
 
 PASS_THROUGH = (
     nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardswish, nn.ReLU6,
@@ -59,7 +50,8 @@ class PermGroup:
     dim 1 of every weight in `inputs`. A plain layer's units form one group; layers joined by a
     residual addition share one group (their outputs are added channel by channel).
 
-    This is also the format of an explicit `spec` for `weight_matching` / `permute_model`: a list of
+    This is also the format of an explicit `spec` for `weight_matching` / `permute_model` (and
+    `helpers.repair.repair`): a list of
     groups, e.g. `[PermGroup(64, ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
     "1.running_var"], [("3.weight", 1)])]` for a Conv2d(., 64) + BatchNorm2d(64) read by the conv at index 3."""
 
@@ -70,61 +62,9 @@ class PermGroup:
     name: str = ""                                                # where it comes from, for messages
 
 
-def _flatten(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    out = []
-    for name, child in model.named_children():
-        full = f"{prefix}{name}"
-        if isinstance(child, nn.Sequential):
-            out += _flatten(child, f"{full}.")
-        else:
-            out.append((full, child))
-    return out
-
-
-def permutation_spec(model: nn.Module) -> list[PermGroup]:
-    """The permutation groups of `model`: read off the layer order of an `nn.Sequential`, else traced
-    with `torch.fx` (`traced_permutation_spec`: residual networks included)."""
-    readable = LAYERS + NORMS + PASS_THROUGH + (nn.Flatten,)
-    if not isinstance(model, nn.Sequential) or not all(isinstance(m, readable) for _, m in _flatten(model)):
-        return traced_permutation_spec(model)
-    groups: list[PermGroup] = []
-    current: PermGroup | None = None
-    flattened = False
-    for name, module in _flatten(model):
-        if isinstance(module, LAYERS):
-            if current is not None:
-                fan_in = module.weight.shape[1]
-                block = 1
-                if flattened:
-                    if fan_in % current.size:
-                        raise ValueError(f"{name} has {fan_in} inputs, not a multiple of the {current.size} "
-                                         "channels before Flatten")
-                    block = fan_in // current.size
-                elif fan_in != current.size:
-                    raise ValueError(f"{name} expects {fan_in} inputs but the previous layer has {current.size} units")
-                current.inputs.append((f"{name}.weight", block))
-                groups.append(current)
-            current = PermGroup(size=module.weight.shape[0], outputs=[f"{name}.weight"] +
-                                ([f"{name}.bias"] if module.bias is not None else []), name=name)
-            flattened = False
-        elif isinstance(module, NORMS):
-            if current is None:
-                raise ValueError(f"{name} ({type(module).__name__}) comes before any Linear/Conv layer")
-            if flattened:
-                raise ValueError(f"unsupported module {name} ({type(module).__name__}) between Flatten and the next "
-                                 "layer: its features mix channels and positions")
-            current.outputs += [f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")
-                                if getattr(module, k, None) is not None]
-        elif isinstance(module, nn.Flatten):
-            flattened = True
-        elif not isinstance(module, PASS_THROUGH):
-            raise ValueError(f"unsupported module {name} ({type(module).__name__}): weight matching supports "
-                             "Linear, Conv1d/2d, BatchNorm1d/2d, element-wise activations, pooling, Dropout and Flatten")
-    return groups  # the last layer's outputs are the classes: never permuted
-
-
 def _input_index(perm: torch.Tensor, block: int) -> torch.Tensor:
-    """Indices along a consumer's dim 1 for unit permutation `perm` (Flatten: unit * block + position)."""
+    """Indices along a permuted dimension for unit permutation `perm`: `perm` itself, or with `block` > 1
+    (a consumer's dim 1 after a Flatten) unit * block + position."""
     return (perm[:, None] * block + torch.arange(block)).flatten() if block > 1 else perm
 
 
@@ -135,9 +75,10 @@ _PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous"}
 _FIXED = -1   # the union-find class of channels that must not move: inputs and the model's outputs
 
 
-def traced_permutation_spec(model: nn.Module) -> list[PermGroup]:
-    """The permutation groups of any model `torch.fx` can trace, built of Linear / Conv layers, BatchNorm,
-    element-wise activations, pooling, Dropout, Flatten and residual additions.
+def permutation_spec(model: nn.Module) -> list[PermGroup]:
+    """The permutation groups of `model`, read off its forward pass traced with `torch.fx`: any model
+    built of Linear / Conv layers, BatchNorm, element-wise activations, pooling, Dropout, Flatten and
+    residual additions (a plain `nn.Sequential` traces to its layer order: one group per hidden layer).
 
     Each hidden Linear / Conv layer starts a group; BatchNorm and element-wise operations carry it;
     an addition ties the groups of its two inputs into one (a residual stream: every layer writing to
@@ -204,7 +145,7 @@ def traced_permutation_spec(model: nn.Module) -> list[PermGroup]:
             x = source(node, node.args[0])
             if x in flat:
                 raise ValueError(f"unsupported module {node.target} ({type(modules[node.target]).__name__}) "
-                                 "after Flatten: its features mix channels and positions")
+                                 "between Flatten and the next layer: its features mix channels and positions")
             g = find(channel[x])
             if g != _FIXED:
                 groups[g].outputs += [f"{node.target}.{k}" for k in ("weight", "bias", "running_mean", "running_var")
@@ -246,12 +187,36 @@ def traced_permutation_spec(model: nn.Module) -> list[PermGroup]:
     return [merged[r] for r in sorted(merged)]
 
 
-def _permute(state: dict[str, torch.Tensor], group: PermGroup, perm: torch.Tensor) -> None:
-    """Apply `perm` to `group` in `state` (in place on the dict, new tensors)."""
-    for key in group.outputs:
-        state[key] = state[key].index_select(0, perm.to(state[key].device))
-    for key, block in group.inputs:
-        state[key] = state[key].index_select(1, _input_index(perm, block).to(state[key].device))
+class Axis(NamedTuple):
+    """One tensor dimension a spec permutes: dim `dim` of state-dict entry `key`, by the permutation of
+    group `group` (its index in the spec), each unit `block` consecutive entries (> 1 only on dim 1,
+    after a Flatten)."""
+
+    group: int
+    key: str
+    dim: int
+    block: int
+
+
+def spec_axes(spec: Sequence[PermGroup]) -> list[Axis]:
+    """Every tensor dimension `spec` permutes, group by group: dim 0 of each of a group's `outputs`,
+    then dim 1 of each of its `inputs`. The one reading of the spec format: `permute_model`,
+    `match_permutations` and `hidden_unit_modules` (REPAIR's hidden units) all go through it."""
+    axes = []
+    for g, group in enumerate(spec):
+        axes += [Axis(g, key, 0, 1) for key in group.outputs]
+        axes += [Axis(g, key, 1, block) for key, block in group.inputs]
+    return axes
+
+
+def hidden_unit_modules(model: nn.Module, spec: Sequence[PermGroup] | None = None) -> list[str]:
+    """Names of the modules whose output channels are the hidden units of `spec` (default
+    `permutation_spec(model)`): the Linear / Conv layers that make a group's units and the BatchNorm
+    layers that carry them (not the layer writing the model's outputs, which are never permuted), in
+    the order the model registers them. What `helpers.repair` corrects."""
+    groups = permutation_spec(model) if spec is None else list(spec)
+    owners = {axis.key.rpartition(".")[0] for axis in spec_axes(groups) if axis.dim == 0}
+    return [name for name, m in model.named_modules() if name in owners and isinstance(m, LAYERS + NORMS)]
 
 
 def permute_model(model: nn.Module, perms: Sequence[torch.Tensor], spec: Sequence[PermGroup] | None = None) -> nn.Module:
@@ -260,12 +225,14 @@ def permute_model(model: nn.Module, perms: Sequence[torch.Tensor], spec: Sequenc
     groups = permutation_spec(model) if spec is None else list(spec)
     if len(perms) != len(groups):
         raise ValueError(f"got {len(perms)} permutations for {len(groups)} permutation groups")
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    perms = [torch.as_tensor(perm, dtype=torch.long) for perm in perms]
     for group, perm in zip(groups, perms):
-        perm = torch.as_tensor(perm, dtype=torch.long)
         if sorted(perm.tolist()) != list(range(group.size)):
             raise ValueError(f"not a permutation of {group.size} units: {perm.tolist()[:10]}...")
-        _permute(state, group, perm)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for axis in spec_axes(groups):
+        t = state[axis.key]
+        state[axis.key] = t.index_select(axis.dim, _input_index(perms[axis.group], axis.block).to(t.device))
     out = copy.deepcopy(model)
     out.load_state_dict(state)
     return out
@@ -275,11 +242,6 @@ def random_permutations(model: nn.Module, *, seed: int = 0) -> list[torch.Tensor
     """One random permutation per hidden layer of `model`."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randperm(group.size, generator=g) for group in permutation_spec(model)]
-
-
-def _weights_only(group: PermGroup) -> list[str]:
-    # Matching uses parameters (weights, biases, BatchNorm affine), not running statistics.
-    return [k for k in group.outputs if not k.endswith(("running_mean", "running_var"))]
 
 
 def weight_matching(model_a: nn.Module, model_b: nn.Module, spec: Sequence[PermGroup] | None = None, *,
@@ -307,25 +269,21 @@ def match_permutations(model_a: nn.Module, model_b: nn.Module, spec: Sequence[Pe
     b = {k: v.detach().float().cpu() for k, v in model_b.state_dict().items()}
     perms = [torch.arange(g.size) for g in groups]
     rng = np.random.default_rng(seed)
-    # Which other group permutes each key's other dimension: a group's cost needs only its own keys,
-    # each with the other groups' permutations applied (not the whole state dict).
-    dim0 = {key: j for j, g in enumerate(groups) for key in g.outputs}
-    dim1 = {key: (j, block) for j, g in enumerate(groups) for key, block in g.inputs}
+    # Each tensor a group touches, with the other group's permutation applied to its other dimension
+    # (a layer's weight: dim 0 is its own group, dim 1 the previous one's); a group's cost needs only
+    # its own tensors, not the whole state dict.
+    axes = spec_axes(groups)
+    by_group = [[axis for axis in axes if axis.group == g] for g in range(len(groups))]
+    owner = {(axis.key, axis.dim): axis for axis in axes}
 
     def permuted_b_except(skip: int) -> dict[str, torch.Tensor]:
-        group = groups[skip]
         state = {}
-        for key in group.outputs:
-            t = b[key]
-            if key in dim1 and dim1[key][0] != skip:
-                j, block = dim1[key]
-                t = t.index_select(1, _input_index(perms[j], block))
-            state[key] = t
-        for key, _ in group.inputs:
-            t = b[key]
-            if key in dim0 and dim0[key] != skip:
-                t = t.index_select(0, perms[dim0[key]])
-            state[key] = t
+        for axis in by_group[skip]:
+            t = b[axis.key]
+            other = owner.get((axis.key, 1 - axis.dim))
+            if other is not None and other.group != skip:
+                t = t.index_select(other.dim, _input_index(perms[other.group], other.block))
+            state[axis.key] = t
         return state
 
     for _ in range(max_iter):
@@ -334,14 +292,17 @@ def match_permutations(model_a: nn.Module, model_b: nn.Module, spec: Sequence[Pe
             group = groups[i]
             pb = permuted_b_except(i)
             cost = torch.zeros(group.size, group.size, dtype=torch.float64)
-            for key in _weights_only(group):
-                cost += (a[key].reshape(group.size, -1).double() @ pb[key].reshape(group.size, -1).double().T)
-            for key, _ in group.inputs:
-                wa, wb = a[key], pb[key]
-                # (out, in * block, ...) -> (in, out * block * ...): one row per unit of this group
-                wa = wa.reshape(wa.shape[0], group.size, -1).transpose(0, 1).reshape(group.size, -1)
-                wb = wb.reshape(wb.shape[0], group.size, -1).transpose(0, 1).reshape(group.size, -1)
-                cost += wa.double() @ wb.double().T
+            for axis in by_group[i]:   # outputs (dim 0) first, then inputs (dim 1), as the spec lists them
+                wa, wb = a[axis.key], pb[axis.key]
+                if axis.dim == 0:
+                    if axis.key.endswith(("running_mean", "running_var")):
+                        continue   # matching uses parameters (weights, biases, BatchNorm affine), not statistics
+                    cost += (wa.reshape(group.size, -1).double() @ wb.reshape(group.size, -1).double().T)
+                else:
+                    # (out, in * block, ...) -> (in, out * block * ...): one row per unit of this group
+                    wa = wa.reshape(wa.shape[0], group.size, -1).transpose(0, 1).reshape(group.size, -1)
+                    wb = wb.reshape(wb.shape[0], group.size, -1).transpose(0, 1).reshape(group.size, -1)
+                    cost += wa.double() @ wb.double().T
             _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
             new = torch.as_tensor(cols, dtype=torch.long)
             old_score = cost[torch.arange(group.size), perms[i]].sum()
@@ -352,158 +313,3 @@ def match_permutations(model_a: nn.Module, model_b: nn.Module, spec: Sequence[Pe
         if not changed:
             break
     return perms
-
-
-@torch.no_grad()
-def _output_stats(model: nn.Module, batches: Sequence, device: torch.device, precision: str,
-                  kinds: tuple = NORMS, names: set[str] | None = None) -> dict[str, tuple]:
-    """Per module of `kinds` (or named in `names`): (mean, std) of each output channel (dim 1) over
-    `batches`, in eval mode, accumulated in float64. Kept by `cache_predictions` when it is on."""
-    return memoized("output_stats", model,
-                    lambda: (batches_digest(batches),
-                             tuple(sorted(k.__name__ for k in kinds)),
-                             None if names is None else tuple(sorted(names)), str(device), precision),
-                    lambda: _measure_output_stats(model, batches, device, precision, kinds, names))
-
-
-@torch.no_grad()
-def _measure_output_stats(model: nn.Module, batches: Sequence, device: torch.device, precision: str,
-                          kinds: tuple, names: set[str] | None) -> dict[str, tuple]:
-    sums: dict[str, list] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if (names is not None and name in names) or (names is None and isinstance(module, kinds)):
-            def hook(mod, inp, out, name=name):
-                dims = [d for d in range(out.dim()) if d != 1]
-                o = out.double()
-                s = sums.setdefault(name, [0.0, 0.0, 0])
-                s[0] = s[0] + o.sum(dims)
-                s[1] = s[1] + (o * o).sum(dims)
-                s[2] += o.numel() // o.shape[1]
-            hooks.append(module.register_forward_hook(hook))
-    try:
-        with eval_mode(model), autocast(device, precision):
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(x.to(device))
-    finally:
-        for h in hooks:
-            h.remove()
-    stats = {}
-    for name, (s1, s2, n) in sums.items():
-        mean = s1 / n
-        stats[name] = (mean.float(), (s2 / n - mean * mean).clamp_min(0).sqrt().float())
-    return stats
-
-
-def hidden_layers(model: nn.Module) -> list[str]:
-    """Names of the Linear / Conv layers whose outputs are hidden units: all but the last one (the
-    classifier), in the order the model registers them."""
-    names = [name for name, m in model.named_modules() if isinstance(m, LAYERS)]
-    return names[:-1]
-
-
-@torch.no_grad()
-def _repair_by_folding(merged: nn.Module, models: list[nn.Module], weights: list[float], batches: list,
-                       device: torch.device, precision: str) -> nn.Module:
-    """REPAIR for networks without normalisation: each hidden layer's output channels get the weighted
-    mean of the endpoints' mean and std, by rescaling that layer's weights and shifting its bias
-    (no new layers). Layers are corrected in order, each measured after the ones before it."""
-    layers = hidden_layers(merged)
-    stats = [_output_stats(m, batches, device, precision, names=set(layers)) for m in models]
-    modules = dict(merged.named_modules())
-    for name in layers:
-        layer = modules[name]
-        mean_m, std_m = _output_stats(merged, batches, device, precision, names={name})[name]
-        target_mean, target_std = _target_stats(stats, weights, name)
-        scale = target_std / std_m.clamp_min(1e-8)                   # (C,): dead channels stay as they are
-        scale = torch.where(std_m > 1e-8, scale, torch.ones_like(scale))
-        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        bias = layer.bias if layer.bias is not None else torch.zeros_like(mean_m)
-        new_bias = (bias.float() - mean_m) * scale + target_mean       # out' = (out - mean) * s + target
-        layer.weight.mul_(scale.view(shape).to(layer.weight))
-        if layer.bias is None:
-            layer.bias = nn.Parameter(new_bias.to(layer.weight))
-        else:
-            layer.bias.copy_(new_bias.to(layer.bias))
-    return merged
-
-
-def _target_stats(stats: list[dict], weights: list[float], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weighted mean over endpoints of one layer's per-channel (mean, std)."""
-    mean = sum(w * s[name][0] for w, s in zip(weights, stats))
-    std = sum(w * s[name][1] for w, s in zip(weights, stats))
-    return mean, std
-
-
-@torch.no_grad()
-def repair(merged: nn.Module, model_a: nn.Module, model_b: nn.Module, batches: Iterable, *, alpha: float = 0.5,
-           device: torch.device | str | None = None, precision: str = "auto") -> nn.Module:
-    """REPAIR (Jordan et al., 2022), in place on `merged`; returns it. `alpha` is the merged model's
-    position between model_a (0) and model_b (1), as in `helpers.averaging.interpolate`.
-
-    Networks with BatchNorm:
-    1. measure each BatchNorm output channel's mean and std in both endpoints on `batches`
-       (training images; model_b must already be aligned to model_a, so channel i is the same unit);
-    2. set each BatchNorm layer's affine weight and bias to (1 - alpha) * A's + alpha * B's std and
-       mean: with fresh statistics a BatchNorm output channel has std |weight| and mean bias;
-    3. reset all BatchNorm statistics of `merged` on `batches`, which makes step 2 hold.
-    On BatchNorm networks this is a BatchNorm reset that also interpolates the endpoints' output scale
-    and offset per channel.
-
-    Networks without normalisation (MLPs, VGG-style CNNs): every hidden Linear / Conv layer's output
-    channels are given the interpolated mean and std directly, by folding a per-channel scale into the
-    layer's weights and a shift into its bias (a bias is added where the layer had none; no new layers),
-    layer by layer from the input. `model_a` and `model_b` are not changed (copied if on another device).
-
-    More than two endpoints (a merge of several aligned models): `repair_many`."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return repair_many(merged, [model_a, model_b], batches, weights=[1 - alpha, alpha], device=device,
-                       precision=precision)
-
-
-@torch.no_grad()
-def repair_many(merged: nn.Module, models: Sequence[nn.Module], batches: Iterable, *,
-                weights: Sequence[float] | None = None, device: torch.device | str | None = None,
-                precision: str = "auto") -> nn.Module:
-    """REPAIR for a merge of several models (e.g. every owner aligned to the first, then averaged with
-    `helpers.averaging.average_state_dicts`), in place on `merged`; returns it. Each channel's target
-    mean and std is the `weights`-weighted mean (default: uniform) of the endpoints' — the same weights
-    the merge used. Otherwise exactly `repair` (which is this with two endpoints and weights 1 - alpha,
-    alpha): BatchNorm networks get new affine parameters and fresh statistics, networks without
-    normalisation get the correction folded into their Linear / Conv layers. Every model in `models`
-    must already be aligned to the same reference, so channel i is the same unit in all of them."""
-    models = list(models)
-    if not models:
-        raise ValueError("repair_many needs at least one endpoint model")
-    if weights is None:
-        weights = [1.0 / len(models)] * len(models)
-    weights = [float(w) for w in weights]
-    if len(weights) != len(models):
-        raise ValueError(f"got {len(weights)} weights for {len(models)} models")
-    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"weights must be finite, >= 0 and not all zero, got {weights}")
-    weights = [w / sum(weights) for w in weights]
-    batches = list(batches)
-    device = torch.device(device) if device is not None else next(merged.parameters()).device
-    precision = resolve_precision(precision, device)
-    on_device = lambda m: m if next(m.parameters()).device == device else copy.deepcopy(m).to(device)
-    models = [on_device(m) for m in models]
-    if not has_batchnorm(merged):
-        return _repair_by_folding(merged.to(device), models, weights, batches, device, precision)
-    stats = [_output_stats(m, batches, device, precision) for m in models]
-    merged.to(device)
-    for name, module in merged.named_modules():
-        if isinstance(module, NORMS) and module.affine:
-            missing = [i for i, s in enumerate(stats) if name not in s]
-            if missing:
-                raise ValueError(f"normalisation layer {name!r} of the merged model is not in endpoint model "
-                                 f"{missing[0]}: the models must share one architecture")
-            target_mean, target_std = _target_stats(stats, weights, name)
-            # With fresh statistics a BatchNorm output channel has mean = bias and std = |weight|.
-            sign = torch.where(module.weight >= 0, 1.0, -1.0)
-            module.weight.copy_(sign * target_std.to(module.weight))
-            module.bias.copy_(target_mean.to(module.bias))
-    recalibrate_batchnorm(merged, batches, device=device, precision=precision)
-    return merged

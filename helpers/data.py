@@ -661,6 +661,54 @@ def dirichlet_split(data: TensorData, num_parts: int = 2, *, dirichlet_alpha: fl
     return [data.subset(torch.cat(p).sort().values) for p in parts]
 
 
+# ----------------------------------------------------------------------------------------------
+# Selecting training images (part of a run's cache key: `helpers.zoo.RunConfig.subset`)
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Which training images a run uses: all of them, or part `index` of `parts` of a Dirichlet
+    label-skewed split (`dirichlet_split`) with concentration `dirichlet_alpha`."""
+
+    dirichlet_alpha: float | None = None   # None: all training images
+    index: int = 0
+    parts: int = 1
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.parts:
+            raise ValueError(f"need 0 <= index < parts, got index={self.index}, parts={self.parts}")
+        if self.dirichlet_alpha is None and self.parts != 1:
+            raise ValueError("a subset with parts > 1 needs a dirichlet_alpha")
+
+    def select(self, train: TensorData) -> TensorData:
+        if self.dirichlet_alpha is None:
+            return train
+        return dirichlet_split(train, self.parts, dirichlet_alpha=self.dirichlet_alpha,
+                               seed=self.split_seed)[self.index]
+
+
+ALL = Subset()
+
+
+@dataclass(frozen=True)
+class ClassSubset:
+    """The training images of some classes only (a "task" for task arithmetic, notebook 08)."""
+
+    classes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be a non-empty tuple of distinct labels, got {self.classes}")
+
+    def select(self, train: TensorData) -> TensorData:
+        bad = [c for c in self.classes if not 0 <= c < len(train.classes)]
+        if bad:
+            raise ValueError(f"class {bad[0]} is not a label of this data (0..{len(train.classes) - 1})")
+        keep = torch.isin(train.labels.cpu(), torch.tensor(self.classes))
+        return train.subset(keep.nonzero().flatten())
+
+
 def main() -> None:
     """`python -m helpers.data`: fetch and cache CIFAR-10, printing a clear message on failure."""
     import sys

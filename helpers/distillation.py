@@ -4,16 +4,24 @@
 outputs towards the teacher's (Hinton, Vinyals & Dean, 2015). `distill` trains a student with it;
 the teacher can be any module, an `Ensemble` included. The teacher always runs in eval mode, under
 `torch.no_grad()`, on the same augmented batch the student sees.
+
+`distillation_study` is the protocol of notebook 06's experiment: which students to train (given the
+recipes that train them), and the temperature chosen on validation data.
 """
 
 from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.data import DataLike
+from helpers.data import DataLike, DataSplits
 from helpers.devices import pick_device
+from helpers.evaluation import evaluate
 from helpers.training import History, TrainConfig, train_epochs
 
 OBJECTIVES = ("kl", "mse")
@@ -112,3 +120,91 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataLike, *, config: T
 
     return train_epochs(student, data, config=config, seed=seed, start_epoch=0, stop_epoch=config.num_epochs,
                         test_data=test_data, loss_fn=loss_fn, device=device, progress=progress, desc=desc)
+
+
+# ----------------------------------------------------------------------------------------------
+# The study protocol: which students to train, and the temperature chosen on validation data
+
+
+@dataclass
+class StudentRun:
+    """One trained student: test and validation accuracy (0-1) and its training time."""
+
+    test_accuracy: float
+    val_accuracy: float
+    train_seconds: float
+
+
+@dataclass
+class DistillationStudy:
+    """The distillation study's results (notebook 06): `runs[name][seed]` for every student configuration trained."""
+
+    runs: dict[str, dict[int, StudentRun]] = field(default_factory=dict)
+    temperature: float = 0.0                        # chosen on data.val
+    val_by_temperature: dict[float, float] = field(default_factory=dict)
+    chosen: str = ""                                # the name of the chosen KD configuration
+    cache_hits: int = 0                             # teacher outputs reused instead of recomputed
+
+    def accuracies(self, name: str) -> list[float]:
+        return [r.test_accuracy for r in self.runs[name].values()]
+
+    def summary(self) -> dict[str, dict]:
+        """Per configuration: test accuracy per seed, mean, std (0 for one seed), val accuracy, seconds."""
+        out = {}
+        for name, by_seed in self.runs.items():
+            acc = self.accuracies(name)
+            out[name] = {"accuracy": acc, "seeds": list(by_seed), "mean": statistics.fmean(acc),
+                         "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                         "val_accuracy": [r.val_accuracy for r in by_seed.values()],
+                         "train_seconds_mean": statistics.fmean(r.train_seconds for r in by_seed.values())}
+        return out
+
+
+def distillation_study(scratch: Callable[..., tuple[nn.Module, History]],
+                       distilled: Callable[..., tuple[nn.Module, History]], data: DataSplits, *,
+                       teachers: Mapping[str, nn.Module], temperatures: Sequence[float], soft_weight: float,
+                       seeds: Sequence[int]) -> DistillationStudy:
+    """A distillation sweep that spends students where they answer a question (notebook 06):
+
+    1. on the first seed: the scratch student, KD from the ensemble with MSE on logits, and KL at each
+       of `temperatures`;
+    2. the temperature with the best **validation** accuracy (`data.val`) is chosen, never the test set;
+    3. on every other seed: scratch and the chosen KD recipe; on the first seed, one member as the
+       teacher at the chosen temperature.
+    Each student is scored on `data.test` and `data.val`.
+
+    This is the protocol only; the students come from the two recipes passed in, which train or load
+    them: `scratch(seed=s)` and `distilled(seed=s, soft_weight=..., teacher_module=..., teacher=name,
+    objective=..., temperature=...)`, each returning (model, History). The course passes
+    `functools.partial(get_student, preset, data)` and `functools.partial(get_distilled_student, preset,
+    data)` from `helpers.zoo`. `teachers` must hold "ensemble" and "member". Teacher outputs are computed
+    once per batch and shared by students that see the same batches (`CachedTeacher`)."""
+    cached = {name: CachedTeacher(t) for name, t in teachers.items()}
+    study = DistillationStudy()
+    device = pick_device()
+
+    def run(name: str, seed: int, **kd) -> None:
+        if kd:
+            model, history = distilled(seed=seed, soft_weight=soft_weight, teacher_module=cached[kd["teacher"]], **kd)
+        else:
+            model, history = scratch(seed=seed)
+        study.runs.setdefault(name, {})[seed] = StudentRun(evaluate(model, data.test, device=device)["accuracy"],
+                                                           evaluate(model, data.val, device=device)["accuracy"],
+                                                           history.train_seconds)
+
+    first = seeds[0]
+    run("scratch", first)
+    run("KD ensemble (MSE)", first, teacher="ensemble", objective="mse", temperature=1.0)
+    for t in temperatures:
+        run(f"KD ensemble (KL, T={t:g})", first, teacher="ensemble", objective="kl", temperature=t)
+    study.val_by_temperature = {t: study.runs[f"KD ensemble (KL, T={t:g})"][first].val_accuracy
+                                for t in temperatures}
+    study.temperature = max(study.val_by_temperature, key=study.val_by_temperature.get)
+    study.chosen = f"KD ensemble (KL, T={study.temperature:g})"
+    for seed in seeds[1:]:
+        run("scratch", seed)
+        run(study.chosen, seed, teacher="ensemble", objective="kl", temperature=study.temperature)
+    run(f"KD member (KL, T={study.temperature:g})", first, teacher="member", objective="kl",
+        temperature=study.temperature)
+    study.cache_hits = sum(c.hits for c in cached.values())
+    return study

@@ -7,10 +7,14 @@ works on the course models also works on any plain `nn.Sequential` of the same k
 
 The block layout follows airbench (Jordan, 2024): conv -> max-pool -> BatchNorm -> activation,
 which trains fast at large learning rates.
+
+`build_model(arch, width, init_seed)` builds any of the course's architectures by name with seeded
+initial weights; `module_fingerprint` is the model digest that checkpoint cache keys hold.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import torch
@@ -18,6 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers.devices import eval_mode
+from helpers.repro import seed_everything
 
 # Channels at width 1.0: stem, then the three stages (32x32 -> 16x16 -> 8x8 -> 4x4 after pooling).
 COURSE_WIDTHS = (32, 64, 128, 256)
@@ -118,6 +123,37 @@ def student_cnn(width: float = 1.0, *, num_classes: int = 10) -> CNN:
 def residual_cnn(width: float = 1.0, *, num_classes: int = 10) -> ResidualCNN:
     """The residual variant of the course model, channels `COURSE_WIDTHS` times `width`."""
     return ResidualCNN(_scaled(COURSE_WIDTHS, width), num_classes=num_classes)
+
+
+def build_model(arch: str, width: float, init_seed: int) -> nn.Module:
+    """A freshly initialised model of architecture `arch` ("course", "student", "residual" or
+    "course_nonorm": the course CNN without BatchNorm) at width multiplier `width`; the same `init_seed`
+    gives the same weights (every random generator is seeded with it first)."""
+    builders = {"course": course_cnn, "student": student_cnn, "residual": residual_cnn,
+                "course_nonorm": lambda width: course_cnn(width, norm=False)}
+    if arch not in builders:
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(builders)}")
+    seed_everything(init_seed)
+    return builders[arch](width)
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """The model digest of checkpoint cache keys (a distilled student's teacher, a fine-tune's starting
+    weights): 16 hex digits of a hash of what a module computes, its structure (`repr`, which for an
+    `Ensemble` includes the combine rule) and every parameter and buffer (name, dtype, shape, values).
+    Two modules with the same fingerprint give the same outputs.
+
+    It depends on nothing but the module's content, so a key stays valid across code changes that keep
+    the modules' repr and weights. The prediction cache's `helpers.evaluation.model_signature` is another
+    digest on purpose: it also hashes each module class's source code and public attributes and refuses
+    modules with hooks, since a stored evaluation must be redone when the code that computes it changes;
+    a checkpoint must not be retrained for that."""
+    h = hashlib.sha256(repr(module).encode())
+    for name, t in (*module.named_parameters(), *module.named_buffers()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:

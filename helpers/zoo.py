@@ -20,47 +20,53 @@ cache is empty. So every notebook can run on its own, in any order.
 | `get_student`           | the small student CNN trained from scratch (notebook 06's baseline)          |
 | `get_distilled_student` | the student distilled from a teacher (`helpers.distillation`)               |
 | `get_fedavg`            | FedAvg of the course CNN over client splits (`helpers.federated`)           |
-| `distillation_study`    | notebook 06's sweep: scratch vs distilled students, temperature chosen on val |
 | `get_averaged_run`      | one run with its endpoint, SWA average and EMA (`helpers.swa`, notebook 08)   |
 | `get_task_models`       | a briefly trained base and its fine-tunes on class-subset tasks (notebook 08) |
 | `get_finetuned`         | any starting weights (or none) trained for a number of epochs, fractions    |
 |                         | allowed (merge then fine-tune, notebook 09)                                 |
 
 Every seed the recipes use is in `SEEDS`, in one place, so no two recipes share a stream by
-accident. Every cache key is a frozen dataclass (`RunConfig`, `DistillRun`, `FedRun`) holding
-everything that determines the result, the teacher's weights included for distilled students.
+accident. Every cache key is a frozen dataclass (`RunConfig`, `DistillRun`, `FedRun`, `AveragedRun`,
+`FineTuneRun`) holding everything that determines the result, the teacher's weights included for
+distilled students (`helpers.models.module_fingerprint`). Each recipe's key comes from a function
+that trains nothing (`pair_configs`, `spawned_child_config`, `independent_config`, `joint_config`,
+`residual_configs`, `nonorm_configs`, `owner_configs`, `student_config`, `distilled_student_config`,
+`fedavg_config`, `averaged_run_config`, `finetune_config`, `task_base_config`, `task_finetune_configs`),
+so the keys and their seeds can be listed without data or training (tests/test_zoo.py checks that no
+two runs share a seed unless they are meant to).
+
+Notebook 06's study protocol (which students to train, the temperature chosen on validation data) is
+`helpers.distillation.distillation_study`, given `get_student` and `get_distilled_student`; the data
+selectors (`Subset`, `ClassSubset`) are in `helpers.data`, `build_model` in `helpers.models`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
-import torch
 from torch import nn
 
 from helpers.checkpoints import train_or_load
-from helpers.data import DataSplits, TensorData, dirichlet_split
+from helpers.data import ALL, ClassSubset, DataSplits, Subset, TensorData
 from helpers.devices import pick_device
 from helpers.distillation import CachedTeacher, distill
 from helpers.ensembling import Ensemble
-from helpers.evaluation import evaluate
 from helpers.federated import client_split, fedavg
-from helpers.models import course_cnn, residual_cnn, student_cnn
+from helpers.models import build_model, module_fingerprint
 from helpers.presets import Preset
-from helpers.repro import seed_everything
 from helpers.swa import AveragingConfig, train_with_averages
 from helpers.training import History, TrainConfig, epoch_steps, train_epochs, train_steps
 
 PAIR_KINDS = ("independent", "shared_init", "spawned", "disjoint")
 DISJOINT_ALPHA = 0.5   # Dirichlet concentration of the disjoint pair's split
 
-# Every seed a recipe uses (initial weights and data order), in one table. Spawned child i uses
-# data seed `spawned_children + i` (children 0 and 1 are the spawned pair); student seed s uses
-# `student + s`, and disjoint member i `disjoint + i`.
+# Every seed a recipe uses (initial weights, data order, data splits), in one table; a recipe's
+# replicate or member i adds i to its entry (student seed s: `student + s`; disjoint member i:
+# `disjoint + i`; spawned children 0 and 1, the spawned pair: `spawned_children + i`, child i >= 2
+# `spawned_extra + i`). tests/test_zoo.py lists every run the recipes make and checks that no two
+# share a seed unless they are meant to.
 SEEDS: Mapping[str, int] = MappingProxyType({
     "independent_a": 1,
     "independent_b": 2,
@@ -86,59 +92,17 @@ SEEDS: Mapping[str, int] = MappingProxyType({
     "task_finetune": 51,         # task i's fine-tune: data order 51 + i
     "finetune": 60,              # get_finetuned: data order (and init, from scratch) 60 + seed
     "student": 100,              # student seed s: init and data order 100 + s
-    "dirichlet_split": 0,        # the disjoint pair's data split
+    "dirichlet_split": 0,        # the label-skewed splits: the disjoint pair's and the owners' parts; FedAvg
+                                 # replicate s splits its clients with seed 0 + s (replicate 0's Dirichlet
+                                 # clients are the owners' parts)
 })
-
-
-@dataclass(frozen=True)
-class Subset:
-    """Which training images a run uses: all of them, or part `index` of `parts` of a Dirichlet
-    label-skewed split (`helpers.data.dirichlet_split`) with concentration `dirichlet_alpha`."""
-
-    dirichlet_alpha: float | None = None   # None: all training images
-    index: int = 0
-    parts: int = 1
-    split_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.index < self.parts:
-            raise ValueError(f"need 0 <= index < parts, got index={self.index}, parts={self.parts}")
-        if self.dirichlet_alpha is None and self.parts != 1:
-            raise ValueError("a subset with parts > 1 needs a dirichlet_alpha")
-
-    def select(self, train: TensorData) -> TensorData:
-        if self.dirichlet_alpha is None:
-            return train
-        return dirichlet_split(train, self.parts, dirichlet_alpha=self.dirichlet_alpha,
-                               seed=self.split_seed)[self.index]
-
-
-ALL = Subset()
-
-
-@dataclass(frozen=True)
-class ClassSubset:
-    """The training images of some classes only (a "task" for task arithmetic, notebook 08)."""
-
-    classes: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes must be a non-empty tuple of distinct labels, got {self.classes}")
-
-    def select(self, train: TensorData) -> TensorData:
-        bad = [c for c in self.classes if not 0 <= c < len(train.classes)]
-        if bad:
-            raise ValueError(f"class {bad[0]} is not a label of this data (0..{len(train.classes) - 1})")
-        keep = torch.isin(train.labels.cpu(), torch.tensor(self.classes))
-        return train.subset(keep.nonzero().flatten())
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines one trained model (the checkpoint key)."""
 
-    arch: str                 # "course" | "student"
+    arch: str                 # `helpers.models.build_model`'s: "course" | "student" | "residual" | "course_nonorm"
     width: float              # width multiplier
     init_seed: int            # seeds the initial weights
     data_seed: int            # seeds the data order and augmentation
@@ -167,16 +131,6 @@ def data_tag(preset: Preset, data: DataSplits) -> str:
     """The data's identity in cache keys: its content fingerprint, never a path, so a cache made on one
     machine (or under another CIFAR10_DIR) is used wherever the same images are."""
     return f"{preset.data}:{len(data.train)}:{data.fingerprint}"
-
-
-def build_model(arch: str, width: float, init_seed: int) -> nn.Module:
-    """A freshly initialised model; the same `init_seed` gives the same weights."""
-    builders = {"course": course_cnn, "student": student_cnn, "residual": residual_cnn,
-                "course_nonorm": lambda width: course_cnn(width, norm=False)}
-    if arch not in builders:
-        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(builders)}")
-    seed_everything(init_seed)
-    return builders[arch](width)
 
 
 def train_run(config: RunConfig, data: DataSplits, *, name: str, parent_name: str | None = None,
@@ -222,8 +176,7 @@ def pair_configs(kind: str, preset: Preset, data: DataSplits) -> tuple[RunConfig
         a = course_config(preset, data, SEEDS["shared_init"])
         return a, replace(a, data_seed=SEEDS["shared_init_b_data"])
     if kind == "spawned":
-        child = spawned_child_config(preset, data, 0)
-        return child, replace(child, data_seed=child.data_seed + 1)
+        return spawned_child_config(preset, data, 0), spawned_child_config(preset, data, 1)
     if kind == "disjoint":
         return tuple(replace(course_config(preset, data, SEEDS["disjoint"] + i),
                              subset=Subset(DISJOINT_ALPHA, i, 2, SEEDS["dirichlet_split"])) for i in range(2))
@@ -231,10 +184,11 @@ def pair_configs(kind: str, preset: Preset, data: DataSplits) -> tuple[RunConfig
 
 
 def spawned_child_config(preset: Preset, data: DataSplits, index: int) -> RunConfig:
-    """Child `index` of the spawned parent (which trains the first `preset.spawn_epoch` epochs)."""
-    parent = replace(course_config(preset, data, SEEDS["spawned_parent"]), stop_epoch=preset.spawn_epoch)
+    """Child `index` of the spawned parent (which trains the first `preset.spawn_epoch` epochs): the
+    parent's weights, then its own data order (children 0 and 1 are the spawned pair)."""
     if index < 0:
         raise ValueError(f"child index must be >= 0, got {index}")
+    parent = replace(course_config(preset, data, SEEDS["spawned_parent"]), stop_epoch=preset.spawn_epoch)
     seed = SEEDS["spawned_children"] + index if index < 2 else SEEDS["spawned_extra"] + index
     return replace(parent, stop_epoch=0, start_epoch=preset.spawn_epoch, parent=parent, data_seed=seed)
 
@@ -249,26 +203,38 @@ def get_pair(kind: str, preset: Preset, data: DataSplits, *, progress: bool = Tr
                 config_a.subset.select(data.train), config_b.subset.select(data.train))
 
 
+def residual_configs(preset: Preset, data: DataSplits) -> tuple[RunConfig, RunConfig]:
+    """The two runs of `get_residual_pair`: the residual CNN at the preset's width and schedule, seeds
+    `SEEDS["residual_a"]` and `SEEDS["residual_b"]`."""
+    return tuple(replace(course_config(preset, data, SEEDS[f"residual_{m}"]), arch="residual") for m in "ab")
+
+
 def get_residual_pair(preset: Preset, data: DataSplits, *, progress: bool = True) -> Pair:
     """Two independently trained residual CNNs (`helpers.models.residual_cnn` at the preset's width),
     for aligning residual networks in notebook 04."""
-    configs = [replace(course_config(preset, data, SEEDS[f"residual_{m}"]), arch="residual") for m in "ab"]
     (model_a, history_a), (model_b, history_b) = (
-        train_run(c, data, name=f"{preset.name}-residual-{m}", progress=progress) for c, m in zip(configs, "ab"))
+        train_run(c, data, name=f"{preset.name}-residual-{m}", progress=progress)
+        for c, m in zip(residual_configs(preset, data), "ab"))
     return Pair("independent_residual", model_a, model_b, history_a, history_b, data.train, data.train)
 
 
 NONORM_LR_FACTOR = 0.2   # without BatchNorm the course CNN diverges at the preset's peak lr; a fifth trains
 
 
+def nonorm_configs(preset: Preset, data: DataSplits) -> tuple[RunConfig, RunConfig]:
+    """The two runs of `get_nonorm_pair`: the course CNN without BatchNorm at the preset's width and
+    schedule, peak lr times `NONORM_LR_FACTOR`, seeds `SEEDS["nonorm_a"]` and `SEEDS["nonorm_b"]`."""
+    return tuple(replace(course_config(preset, data, SEEDS[f"nonorm_{m}"]), arch="course_nonorm",
+                         train=replace(preset.train, lr=preset.train.lr * NONORM_LR_FACTOR)) for m in "ab")
+
+
 def get_nonorm_pair(preset: Preset, data: DataSplits, *, progress: bool = True) -> Pair:
     """Two independently trained course CNNs without BatchNorm (`course_cnn(norm=False)`, Kaiming
     init) at the preset's width and schedule, peak lr times `NONORM_LR_FACTOR`: REPAIR's main case,
     networks whose statistics can only be corrected inside the weights (notebook 04)."""
-    configs = [replace(course_config(preset, data, SEEDS[f"nonorm_{m}"]), arch="course_nonorm",
-                       train=replace(preset.train, lr=preset.train.lr * NONORM_LR_FACTOR)) for m in "ab"]
     (model_a, history_a), (model_b, history_b) = (
-        train_run(c, data, name=f"{preset.name}-nonorm-{m}", progress=progress) for c, m in zip(configs, "ab"))
+        train_run(c, data, name=f"{preset.name}-nonorm-{m}", progress=progress)
+        for c, m in zip(nonorm_configs(preset, data), "ab"))
     return Pair("independent_nonorm", model_a, model_b, history_a, history_b, data.train, data.train)
 
 
@@ -282,6 +248,16 @@ def get_spawned_children(preset: Preset, data: DataSplits, num_children: int, *,
             for i in range(num_children)]
 
 
+def owner_configs(preset: Preset, data: DataSplits, num_owners: int, *,
+                  dirichlet_alpha: float = DISJOINT_ALPHA) -> list[RunConfig]:
+    """The runs of `get_owners`: owner i trains the course CNN on part i of a `num_owners`-part
+    Dirichlet split (split seed `SEEDS["dirichlet_split"]`), init and data order `SEEDS["owners"] + i`."""
+    if num_owners < 2:
+        raise ValueError(f"num_owners must be >= 2, got {num_owners}")
+    return [replace(course_config(preset, data, SEEDS["owners"] + i),
+                    subset=Subset(dirichlet_alpha, i, num_owners, SEEDS["dirichlet_split"])) for i in range(num_owners)]
+
+
 def get_owners(preset: Preset, data: DataSplits, num_owners: int, *, dirichlet_alpha: float = DISJOINT_ALPHA,
                progress: bool = True) -> list[tuple[nn.Module, History, TensorData]]:
     """`num_owners` data owners (notebook 09): the training set split into `num_owners` label-skewed
@@ -289,12 +265,8 @@ def get_owners(preset: Preset, data: DataSplits, num_owners: int, *, dirichlet_a
     `SEEDS["dirichlet_split"]` — the same parts `get_fedavg` gives its clients), and a course model
     trained on each part alone with the preset's schedule (owner i: init and data order
     `SEEDS["owners"] + i`). Returns (model, History, the owner's training images) per owner."""
-    if num_owners < 2:
-        raise ValueError(f"num_owners must be >= 2, got {num_owners}")
     owners = []
-    for i in range(num_owners):
-        config = replace(course_config(preset, data, SEEDS["owners"] + i),
-                         subset=Subset(dirichlet_alpha, i, num_owners, SEEDS["dirichlet_split"]))
+    for i, config in enumerate(owner_configs(preset, data, num_owners, dirichlet_alpha=dirichlet_alpha)):
         train = config.subset.select(data.train)
         if len(train) < preset.train.batch_size:
             raise ValueError(f"owner {i} of {num_owners} (Dirichlet {dirichlet_alpha:g}) has {len(train)} training "
@@ -306,9 +278,24 @@ def get_owners(preset: Preset, data: DataSplits, num_owners: int, *, dirichlet_a
     return owners
 
 
+def joint_config(preset: Preset, data: DataSplits) -> RunConfig:
+    """The run of `get_joint`: the course CNN on all the training data, seeds `SEEDS["joint"]`."""
+    return course_config(preset, data, SEEDS["joint"])
+
+
 def get_joint(preset: Preset, data: DataSplits, *, progress: bool = True) -> tuple[nn.Module, History]:
     """One course model trained on all the training data (its own seeds, `SEEDS["joint"]`)."""
-    return train_run(course_config(preset, data, SEEDS["joint"]), data, name=f"{preset.name}-joint", progress=progress)
+    return train_run(joint_config(preset, data), data, name=f"{preset.name}-joint", progress=progress)
+
+
+def independent_config(preset: Preset, data: DataSplits, index: int) -> RunConfig:
+    """Independent course model `index` of `get_independent_models`: 0 and 1 are the independent pair's
+    members, model i >= 2 has init and data order `SEEDS["independent_extra"] + i`."""
+    if index < 0:
+        raise ValueError(f"model index must be >= 0, got {index}")
+    if index < 2:
+        return pair_configs("independent", preset, data)[index]
+    return course_config(preset, data, SEEDS["independent_extra"] + index)
 
 
 def get_independent_models(preset: Preset, data: DataSplits, num_models: int, *,
@@ -319,8 +306,8 @@ def get_independent_models(preset: Preset, data: DataSplits, num_models: int, *,
     if num_models < 2:
         raise ValueError(f"num_models must be >= 2, got {num_models}")
     pair = get_pair("independent", preset, data, progress=progress)
-    extra = [train_run(course_config(preset, data, SEEDS["independent_extra"] + i), data,
-                       name=f"{preset.name}-independent-{i}", progress=progress)[0] for i in range(2, num_models)]
+    extra = [train_run(independent_config(preset, data, i), data, name=f"{preset.name}-independent-{i}",
+                       progress=progress)[0] for i in range(2, num_models)]
     return [pair.model_a, pair.model_b, *extra]
 
 
@@ -340,18 +327,10 @@ def get_student(preset: Preset, data: DataSplits, *, seed: int = 0, progress: bo
 # Distilled students
 
 
-def module_fingerprint(module: nn.Module) -> str:
-    """A hash of what a module computes: its structure (`repr`, which for an `Ensemble` includes the
-    combine rule) and every parameter and buffer (name, dtype, shape, values). A `CachedTeacher` has
-    the fingerprint of the teacher it wraps. Two modules with the same fingerprint give the same outputs."""
-    if isinstance(module, CachedTeacher):
-        module = module.teacher
-    h = hashlib.sha256(repr(module).encode())
-    for name, t in (*module.named_parameters(), *module.named_buffers()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """The teacher's part of a distilled student's key: `helpers.models.module_fingerprint` of the teacher;
+    a `CachedTeacher` (which only remembers outputs) has the fingerprint of the teacher it wraps."""
+    return module_fingerprint(teacher.teacher if isinstance(teacher, CachedTeacher) else teacher)
 
 
 @dataclass(frozen=True)
@@ -360,7 +339,7 @@ class DistillRun:
 
     student: RunConfig                 # architecture, seeds, schedule (same seeds as the scratch student)
     teacher: str                       # the teacher's name, for people ("ensemble", "member", ...)
-    teacher_fingerprint: str           # `module_fingerprint` of the teacher: its weights and combine rule
+    teacher_fingerprint: str           # `teacher_fingerprint` of the teacher: its weights and combine rule
     objective: str                     # "kl" | "mse"
     temperature: float
     soft_weight: float                 # weight of the distillation term (1 - soft_weight on cross-entropy)
@@ -371,6 +350,20 @@ def pair_teachers(preset: Preset, data: DataSplits, *, progress: bool = True) ->
     (the mean of both members' logits)."""
     pair = get_pair("independent", preset, data, progress=progress)
     return {"member": pair.model_a, "ensemble": Ensemble([pair.model_a, pair.model_b], combine="mean_logits")}
+
+
+def distilled_student_config(preset: Preset, data: DataSplits, *, teacher: str, teacher_fingerprint: str,
+                             objective: str = "kl", temperature: float = 4.0, soft_weight: float = 0.9, seed: int = 0,
+                             arch: str = "student") -> DistillRun:
+    """The key of `get_distilled_student`: the scratch student's run (`student_config(seed)`: the same
+    initial weights and data order), in the course CNN at the preset's width for arch="course", and the
+    teacher's name and fingerprint and the loss settings."""
+    student = student_config(preset, data, seed)
+    if arch == "course":
+        student = replace(student, arch="course", width=preset.width)
+    elif arch != "student":
+        raise ValueError(f"arch must be 'student' or 'course', got {arch!r}")
+    return DistillRun(student, teacher, teacher_fingerprint, objective, float(temperature), float(soft_weight))
 
 
 def get_distilled_student(preset: Preset, data: DataSplits, *, teacher: str = "ensemble",
@@ -392,13 +385,9 @@ def get_distilled_student(preset: Preset, data: DataSplits, *, teacher: str = "e
         if teacher not in teachers:
             raise ValueError(f"teacher must be one of {', '.join(teachers)} (or pass teacher_module=); got {teacher!r}")
         teacher_module = teachers[teacher]
-    student = student_config(preset, data, seed)
-    if arch == "course":
-        student = replace(student, arch="course", width=preset.width)
-    elif arch != "student":
-        raise ValueError(f"arch must be 'student' or 'course', got {arch!r}")
-    run = DistillRun(student, teacher, module_fingerprint(teacher_module), objective,
-                     float(temperature), float(soft_weight))
+    run = distilled_student_config(preset, data, teacher=teacher,
+                                   teacher_fingerprint=teacher_fingerprint(teacher_module), objective=objective,
+                                   temperature=temperature, soft_weight=soft_weight, seed=seed, arch=arch)
 
     def build() -> nn.Module:
         return build_model(run.student.arch, run.student.width, run.student.init_seed)
@@ -415,84 +404,6 @@ def get_distilled_student(preset: Preset, data: DataSplits, *, teacher: str = "e
     return model.to(pick_device()).eval(), history
 
 
-@dataclass
-class StudentRun:
-    """One trained student: test and validation accuracy (0-1) and its training time."""
-
-    test_accuracy: float
-    val_accuracy: float
-    train_seconds: float
-
-
-@dataclass
-class DistillationStudy:
-    """Notebook 06's experiment: `runs[name][seed]` for every student configuration trained."""
-
-    runs: dict[str, dict[int, StudentRun]] = field(default_factory=dict)
-    temperature: float = 0.0                        # chosen on data.val
-    val_by_temperature: dict[float, float] = field(default_factory=dict)
-    chosen: str = ""                                # the name of the chosen KD configuration
-    cache_hits: int = 0                             # teacher outputs reused instead of recomputed
-
-    def accuracies(self, name: str) -> list[float]:
-        return [r.test_accuracy for r in self.runs[name].values()]
-
-    def summary(self) -> dict[str, dict]:
-        """Per configuration: test accuracy per seed, mean, std (0 for one seed), val accuracy, seconds."""
-        out = {}
-        for name, by_seed in self.runs.items():
-            acc = self.accuracies(name)
-            out[name] = {"accuracy": acc, "seeds": list(by_seed), "mean": statistics.fmean(acc),
-                         "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                         "val_accuracy": [r.val_accuracy for r in by_seed.values()],
-                         "train_seconds_mean": statistics.fmean(r.train_seconds for r in by_seed.values())}
-        return out
-
-
-def distillation_study(preset: Preset, data: DataSplits, *, teachers: Mapping[str, nn.Module],
-                       temperatures: Sequence[float], soft_weight: float, seeds: Sequence[int],
-                       progress: bool = True) -> DistillationStudy:
-    """Notebook 06's sweep, spending students where they answer a question:
-
-    1. on the first seed: the scratch student, KD from the ensemble with MSE on logits, and KL at each
-       of `temperatures`;
-    2. the temperature with the best **validation** accuracy is chosen (never the test set);
-    3. on every other seed: scratch and the chosen KD recipe; on the first seed, one member as the
-       teacher at the chosen temperature.
-    `teachers` must hold "ensemble" and "member". Teacher outputs are computed once per batch and
-    shared by students that see the same batches (`CachedTeacher`)."""
-    cached = {name: CachedTeacher(t) for name, t in teachers.items()}
-    study = DistillationStudy()
-    device = pick_device()
-
-    def run(name: str, seed: int, **kd) -> None:
-        if kd:
-            model, history = get_distilled_student(preset, data, seed=seed, soft_weight=soft_weight,
-                                                   teacher_module=cached[kd["teacher"]], progress=progress, **kd)
-        else:
-            model, history = get_student(preset, data, seed=seed, progress=progress)
-        study.runs.setdefault(name, {})[seed] = StudentRun(evaluate(model, data.test, device=device)["accuracy"],
-                                                           evaluate(model, data.val, device=device)["accuracy"],
-                                                           history.train_seconds)
-
-    first = seeds[0]
-    run("scratch", first)
-    run("KD ensemble (MSE)", first, teacher="ensemble", objective="mse", temperature=1.0)
-    for t in temperatures:
-        run(f"KD ensemble (KL, T={t:g})", first, teacher="ensemble", objective="kl", temperature=t)
-    study.val_by_temperature = {t: study.runs[f"KD ensemble (KL, T={t:g})"][first].val_accuracy
-                                for t in temperatures}
-    study.temperature = max(study.val_by_temperature, key=study.val_by_temperature.get)
-    study.chosen = f"KD ensemble (KL, T={study.temperature:g})"
-    for seed in seeds[1:]:
-        run("scratch", seed)
-        run(study.chosen, seed, teacher="ensemble", objective="kl", temperature=study.temperature)
-    run(f"KD member (KL, T={study.temperature:g})", first, teacher="member", objective="kl",
-        temperature=study.temperature)
-    study.cache_hits = sum(c.hits for c in cached.values())
-    return study
-
-
 # ----------------------------------------------------------------------------------------------
 # FedAvg runs
 
@@ -505,11 +416,25 @@ class FedRun:
     client_train: TrainConfig          # the clients' schedule (batch size per client, peak lr, ...)
     num_clients: int
     dirichlet_alpha: float | None      # None = IID split
-    split_seed: int
+    split_seed: int                    # the clients' split
     rounds: int
     local_epochs: int
     averages_per_epoch: int
     keep_client_momentum: bool
+
+
+def fedavg_config(preset: Preset, data: DataSplits, *, num_clients: int, dirichlet_alpha: float | None, rounds: int,
+                  local_epochs: int = 1, averages_per_epoch: int = 1, client_batch_size: int | None = None,
+                  keep_client_momentum: bool = True, seed: int = 0) -> FedRun:
+    """The key of `get_fedavg` (same arguments): replicate `seed` 0 starts from `SEEDS["fedavg_init"]`,
+    replicate s >= 1 from `SEEDS["fedavg_extra"] + s` (init and the clients' data order); replicate s
+    splits the clients with seed `SEEDS["dirichlet_split"] + s`."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    batch = client_batch_size or max(1, preset.train.batch_size // num_clients)
+    init = course_config(preset, data, SEEDS["fedavg_init"] if seed == 0 else SEEDS["fedavg_extra"] + seed)
+    return FedRun(init, replace(preset.train, batch_size=batch), num_clients, dirichlet_alpha,
+                  SEEDS["dirichlet_split"] + seed, rounds, local_epochs, averages_per_epoch, keep_client_momentum)
 
 
 def get_fedavg(preset: Preset, data: DataSplits, *, num_clients: int, dirichlet_alpha: float | None, rounds: int,
@@ -517,33 +442,30 @@ def get_fedavg(preset: Preset, data: DataSplits, *, num_clients: int, dirichlet_
                keep_client_momentum: bool = True, seed: int = 0, progress: bool = True) -> tuple[nn.Module, History]:
     """FedAvg of the course CNN under `preset` (cached): returns (server model, History).
 
-    Clients: `client_split(data.train, ...)` with split seed `seed`. Each client's batch is
+    Clients: `client_split(data.train, ...)` with split seed `SEEDS["dirichlet_split"] + seed`. Each client's batch is
     `client_batch_size`, by default the preset's batch size divided by `num_clients`: one step of every
     client then processes as many images as one step of the joint model, so at equal epochs both take
     the same number of steps. For one `seed`, the server starts from the same initial weights in every
     setting. `seed` picks a replicate: 0 is the course's run (init `SEEDS["fedavg_init"]`); seed s >= 1
     draws another split, another init and another data order (`SEEDS["fedavg_extra"] + s`), so runs
     over seeds give FedAvg's run-to-run spread."""
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    batch = client_batch_size or max(1, preset.train.batch_size // num_clients)
-    clients = client_split(data.train, num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, seed=seed)
+    run = fedavg_config(preset, data, num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, rounds=rounds,
+                        local_epochs=local_epochs, averages_per_epoch=averages_per_epoch,
+                        client_batch_size=client_batch_size, keep_client_momentum=keep_client_momentum, seed=seed)
+    batch = run.client_train.batch_size
+    clients = client_split(data.train, num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, seed=run.split_seed)
     too_small = [len(c) for c in clients if len(c) < batch * averages_per_epoch]
     if too_small:
         raise ValueError(f"a client has {too_small[0]} images, fewer than {averages_per_epoch} batch(es) of {batch}; "
                          "use fewer clients, a larger dirichlet_alpha or fewer averages per epoch")
-    init = course_config(preset, data, SEEDS["fedavg_init"] if seed == 0 else SEEDS["fedavg_extra"] + seed)
-    client_train = replace(preset.train, batch_size=batch)
-    run = FedRun(init, client_train, num_clients, dirichlet_alpha, seed, rounds, local_epochs, averages_per_epoch,
-                 keep_client_momentum)
     split = "iid" if dirichlet_alpha is None else f"dir{dirichlet_alpha:g}"
     name = (f"{preset.name}-fedavg-{split}-c{num_clients}-r{rounds}-e{local_epochs}"
             + (f"-a{averages_per_epoch}" if averages_per_epoch > 1 else "") + (f"-s{seed}" if seed else ""))
     model, history = train_or_load(
-        name, run, lambda: build_model("course", preset.width, init.init_seed),
+        name, run, lambda: build_model(run.model.arch, run.model.width, run.model.init_seed),
         lambda model: fedavg(model, clients, rounds=rounds, local_epochs=local_epochs,
                              averages_per_epoch=averages_per_epoch, keep_client_momentum=keep_client_momentum,
-                             config=client_train, seed=init.data_seed, test_data=data.test, progress=progress))
+                             config=run.client_train, seed=run.model.data_seed, test_data=data.test, progress=progress))
     return model.to(pick_device()).eval(), history
 
 
@@ -565,12 +487,18 @@ def averaging_config(preset: Preset) -> AveragingConfig:
     return AveragingConfig(swa_start=0.75, swa_lr=preset.train.lr / 4)
 
 
+def averaged_run_config(preset: Preset, data: DataSplits, seed: int = 0) -> AveragedRun:
+    """The key of `get_averaged_run(seed=seed)`: the course CNN, init and data order `SEEDS["swa"] + seed`,
+    with the course's SWA/EMA settings."""
+    return AveragedRun(course_config(preset, data, SEEDS["swa"] + seed), averaging_config(preset))
+
+
 def get_averaged_run(preset: Preset, data: DataSplits, *, seed: int = 0,
                      progress: bool = True) -> tuple[dict[str, nn.Module], History]:
     """One course-model run with the SWA schedule (`helpers.swa.train_with_averages`), seeds
     `SEEDS["swa"] + seed`: `{"endpoint", "swa", "ema"}` -> model (three results of one run, equal
     compute), and the run's History. Cached as one checkpoint holding the three models."""
-    key = AveragedRun(course_config(preset, data, SEEDS["swa"] + seed), averaging_config(preset))
+    key = averaged_run_config(preset, data, seed)
 
     def build() -> nn.Module:
         return nn.ModuleDict({name: build_model("course", preset.width, key.run.init_seed)
@@ -599,6 +527,21 @@ class FineTuneRun:
     num_steps: int
 
 
+def finetune_config(preset: Preset, data: DataSplits, *, seed: int = 0, subset: Subset | ClassSubset = ALL,
+                    lr: float | None = None) -> RunConfig:
+    """The run of `get_finetuned(seed=seed)` (its `FineTuneRun` adds the start and the step count): the
+    course CNN on `subset` at peak lr `lr` (default the preset's), data order (and, from scratch, initial
+    weights) `SEEDS["finetune"] + seed`."""
+    return _finetune_run(preset, data, SEEDS["finetune"] + seed, subset, lr)
+
+
+def _finetune_run(preset: Preset, data: DataSplits, seed: int, subset: Subset | ClassSubset,
+                  lr: float | None) -> RunConfig:
+    """A fine-tune's run with init and data seed `seed` (a `SEEDS` entry plus an index)."""
+    return replace(course_config(preset, data, seed), subset=subset,
+                   train=replace(preset.train, lr=preset.train.lr if lr is None else lr))
+
+
 def get_finetuned(preset: Preset, data: DataSplits, *, start: nn.Module | None, start_name: str, epochs: float,
                   lr: float | None = None, subset: Subset | ClassSubset = ALL, seed: int = 0,
                   progress: bool = True) -> tuple[nn.Module, History]:
@@ -607,16 +550,21 @@ def get_finetuned(preset: Preset, data: DataSplits, *, start: nn.Module | None, 
     schedule of peak `lr` (default the preset's) over exactly those steps. Data order (and, from
     scratch, initial weights) `SEEDS["finetune"] + seed`. Cached under the starting weights'
     fingerprint, so a different start is never served another's fine-tune."""
+    return _finetune(preset, data, finetune_config(preset, data, seed=seed, subset=subset, lr=lr), start=start,
+                     start_name=start_name, epochs=epochs, progress=progress)
+
+
+def _finetune(preset: Preset, data: DataSplits, run: RunConfig, *, start: nn.Module | None, start_name: str,
+              epochs: float, progress: bool) -> tuple[nn.Module, History]:
+    """`get_finetuned` for the fine-tune run `run` (`finetune_config`, or a task's)."""
     if epochs <= 0:
         raise ValueError(f"epochs must be > 0, got {epochs}")
-    run = replace(course_config(preset, data, SEEDS["finetune"] + seed), subset=subset,
-                  train=replace(preset.train, lr=preset.train.lr if lr is None else lr))
-    train_data = subset.select(data.train)
+    train_data = run.subset.select(data.train)
     steps = max(1, round(epochs * epoch_steps(len(train_data), run.train)))
     key = FineTuneRun(run, start_name, "" if start is None else module_fingerprint(start), steps)
 
     def build() -> nn.Module:
-        model = build_model("course", preset.width, run.init_seed)
+        model = build_model(run.arch, run.width, run.init_seed)
         if start is not None:
             model.load_state_dict(start.state_dict())
         return model
@@ -626,7 +574,7 @@ def get_finetuned(preset: Preset, data: DataSplits, *, start: nn.Module | None, 
                            progress=progress, desc=f"fine-tune {start_name} {epochs:g} ep")
 
     slug = "".join(ch if ch.isalnum() else "-" for ch in start_name.lower()).strip("-")
-    classes = f"-c{''.join(map(str, subset.classes))}" if isinstance(subset, ClassSubset) else ""
+    classes = f"-c{''.join(map(str, run.subset.classes))}" if isinstance(run.subset, ClassSubset) else ""
     model, history = train_or_load(f"{preset.name}-ft-{slug}{classes}-{epochs:g}ep", key, build, fit)
     return model.to(pick_device()).eval(), history
 
@@ -645,19 +593,32 @@ class TaskModels:
     histories: list[History]
 
 
+def task_base_config(preset: Preset, data: DataSplits) -> RunConfig:
+    """The task-arithmetic base of `get_task_models`: the course CNN on all classes for half the preset's
+    epochs (its own one-cycle schedule), seeds `SEEDS["task_base"]`."""
+    return replace(course_config(preset, data, SEEDS["task_base"]),
+                   train=replace(preset.train, num_epochs=max(1, preset.train.num_epochs // 2)))
+
+
+def task_finetune_configs(preset: Preset, data: DataSplits,
+                          tasks: Sequence[Sequence[int]] = TASKS) -> list[RunConfig]:
+    """The fine-tune runs of `get_task_models`, one per task: the task's classes at a quarter of the
+    preset's peak lr, data order `SEEDS["task_finetune"] + i` for task i."""
+    return [_finetune_run(preset, data, SEEDS["task_finetune"] + i, ClassSubset(tuple(classes)), preset.train.lr / 4)
+            for i, classes in enumerate(tasks)]
+
+
 def get_task_models(preset: Preset, data: DataSplits, *, tasks: Sequence[Sequence[int]] = TASKS,
                     progress: bool = True) -> TaskModels:
     """A course model trained briefly on all classes (half the preset's epochs, its own one-cycle
     schedule: the "pre-trained" base), then fine-tuned separately on each task's classes for the
     preset's epochs at a quarter of its peak learning rate (data order `SEEDS["task_finetune"] + i`)."""
-    base_config = replace(course_config(preset, data, SEEDS["task_base"]),
-                          train=replace(preset.train, num_epochs=max(1, preset.train.num_epochs // 2)))
-    base, base_history = train_run(base_config, data, name=f"{preset.name}-task-base", progress=progress)
+    base, base_history = train_run(task_base_config(preset, data), data, name=f"{preset.name}-task-base",
+                                   progress=progress)
     finetuned, histories = [], []
-    for i, classes in enumerate(tasks):
-        model, history = get_finetuned(preset, data, start=base, start_name="task base", epochs=preset.train.num_epochs,
-                                       lr=preset.train.lr / 4, subset=ClassSubset(tuple(classes)),
-                                       seed=SEEDS["task_finetune"] + i - SEEDS["finetune"], progress=progress)
+    for run in task_finetune_configs(preset, data, tasks):
+        model, history = _finetune(preset, data, run, start=base, start_name="task base",
+                                   epochs=preset.train.num_epochs, progress=progress)
         finetuned.append(model)
         histories.append(history)
     return TaskModels(tuple(tuple(t) for t in tasks), base, finetuned, base_history, histories)

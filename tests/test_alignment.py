@@ -4,9 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.alignment import permutation_spec, permute_model, random_permutations, repair, weight_matching
+from helpers.alignment import (PermGroup, hidden_unit_modules, permutation_spec, permute_model, random_permutations,
+                               spec_axes, weight_matching)
 from helpers.averaging import interpolate, recalibration_batches
-from helpers.models import course_cnn, student_cnn
+from helpers.models import course_cnn, residual_cnn, student_cnn
+from helpers.repair import _output_stats, hidden_layers, repair, repair_many
 from helpers.repro import seed_everything
 
 
@@ -110,7 +112,6 @@ def test_repair_sets_interpolated_channel_statistics(tiny_data):
     merged = interpolate(a, b, 0.5)
     batches = recalibration_batches(tiny_data.train, num_images=256, batch_size=64)
     repair(merged, a, b, batches, alpha=0.5, device="cpu", precision="fp32")
-    from helpers.alignment import _output_stats
     sa = _output_stats(a, batches, torch.device("cpu"), "fp32")
     sb = _output_stats(b, batches, torch.device("cpu"), "fp32")
     sm = _output_stats(merged, batches, torch.device("cpu"), "fp32")
@@ -124,7 +125,6 @@ def test_repair_many_gives_the_weighted_mean_of_several_endpoints_statistics(tin
     """Three endpoints aligned to the first and averaged with weights: each channel ends with the same
     weighted mean of the endpoints' mean and std — through BatchNorm (course CNN) and folded into the
     layers (an MLP without normalisation) — and two endpoints equal `repair`."""
-    from helpers.alignment import _output_stats, hidden_layers, repair_many
     from helpers.averaging import average_state_dicts
     from helpers.training import TrainConfig, train
     models = []
@@ -157,7 +157,6 @@ def test_repair_many_gives_the_weighted_mean_of_several_endpoints_statistics(tin
 
 
 def test_repair_many_refuses_bad_weights(tiny_data):
-    from helpers.alignment import repair_many
     a, _ = _model("course", 0)
     batches = recalibration_batches(tiny_data.train, num_images=64, batch_size=64)
     for weights, match in (([1.0], "1 weights for 2 models"), ([1.0, -0.5], "finite, >= 0"),
@@ -203,7 +202,6 @@ def test_repair_without_normalisation_folds_the_statistics_into_the_layers(tiny_
     """No BatchNorm: every hidden layer's output channels get the interpolated mean and std (measured on
     the same batches), by rescaling weights and shifting biases — same modules, same keys except a bias
     where a layer had none — and the endpoints stay untouched."""
-    from helpers.alignment import _output_stats, hidden_layers
     from helpers.training import TrainConfig, train
     models = []
     for seed in (0, 1):
@@ -288,10 +286,9 @@ def _warm(model, shape=(3, 32, 32)):
 
 @pytest.mark.parametrize("make, groups", [(TinyResNet, 3), (_resnet18, 12)], ids=["tiny_resnet", "resnet18"])
 def test_residual_networks_permute_and_are_recovered_exactly(make, groups):
-    from helpers.alignment import traced_permutation_spec
     seed_everything(0)
     model = _warm(make())
-    spec = traced_permutation_spec(model)
+    spec = permutation_spec(model)
     assert len(spec) == groups   # residual streams are one group each, plus one per inner layer
     shuffled = permute_model(model, random_permutations(model, seed=3))
     x = torch.randn(4, 3, 32, 32)
@@ -303,22 +300,69 @@ def test_residual_networks_permute_and_are_recovered_exactly(make, groups):
         assert torch.equal(a, b), k
 
 
-def test_traced_spec_agrees_with_the_sequential_reading():
-    from helpers.alignment import traced_permutation_spec
+def _cnn_spec(model):
+    """The course CNN's permutation groups written out by hand: each conv's outputs (weight, bias when it
+    has one, its BatchNorm's parameters and statistics) are read by the next conv, the last by the classifier."""
+    convs = [i for i, m in enumerate(model) if isinstance(m, nn.Conv2d)]
+    groups = []
+    for i, nxt in zip(convs, convs[1:] + [len(model) - 1]):
+        bn = next((j for j in range(i + 1, nxt) if isinstance(model[j], nn.BatchNorm2d)), None)
+        outputs = [f"{i}.weight"] + ([f"{i}.bias"] if model[i].bias is not None else []) + \
+            ([f"{bn}.{k}" for k in ("weight", "bias", "running_mean", "running_var")] if bn is not None else [])
+        groups.append((model[i].out_channels, outputs, [(f"{nxt}.weight", 1)]))
+    return groups
 
-    class Wrapped(nn.Module):   # the course CNN inside a non-Sequential module: traced, not read off
+
+@pytest.mark.parametrize("make", [lambda: course_cnn(0.25), lambda: student_cnn(0.5),
+                                  lambda: course_cnn(0.5, norm=False)], ids=["course", "student", "course_nonorm"])
+def test_the_course_cnns_trace_to_one_group_per_hidden_layer(make):
+    """The one spec reader (torch.fx) gives the plain course CNNs the layer-order groups they always had,
+    and a wrapper module only prefixes the keys."""
+    model = make()
+    assert [(g.size, g.outputs, g.inputs) for g in permutation_spec(model)] == _cnn_spec(model)
+
+    class Wrapped(nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = course_cnn(0.25)
+            self.net = model
 
         def forward(self, x):
             return self.net(x)
 
-    model = Wrapped()
-    traced = traced_permutation_spec(model)
-    read = permutation_spec(model.net)
-    assert [(g.size, g.outputs, g.inputs) for g in traced] == \
-        [(g.size, [f"net.{k}" for k in r.outputs], [(f"net.{k}", b) for k, b in r.inputs]) for g, r in zip(traced, read)]
+    assert [(g.size, g.outputs, g.inputs) for g in permutation_spec(Wrapped())] == \
+        [(size, [f"net.{k}" for k in outputs], [(f"net.{k}", b) for k, b in inputs])
+         for size, outputs, inputs in _cnn_spec(model)]
+
+
+def test_spec_axes_is_the_one_reading_of_a_spec():
+    spec = [PermGroup(4, ["0.weight", "0.bias"], [("2.weight", 1)]), PermGroup(3, ["2.weight"], [("5.weight", 9)])]
+    assert [tuple(a) for a in spec_axes(spec)] == [(0, "0.weight", 0, 1), (0, "0.bias", 0, 1), (0, "2.weight", 1, 1),
+                                                  (1, "2.weight", 0, 1), (1, "5.weight", 1, 9)]
+    # REPAIR's hidden units are the spec's: every layer but the classifier, with the BatchNorm carrying its units
+    model = course_cnn(0.25)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert hidden_layers(model) == layers[:-1]
+    assert hidden_unit_modules(model) == [n for n, _ in model.named_modules() if n in set(layers[:-1] + norms)]
+    residual = residual_cnn(0.25)
+    assert hidden_layers(residual) == [n for n, m in residual.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_repair_corrects_the_units_of_the_spec_it_is_given(tiny_data):
+    """With an explicit spec naming only the first hidden group, REPAIR sets only that BatchNorm's affine
+    parameters (the others keep theirs; every layer's statistics are then recomputed)."""
+    a, _ = _model("course", 0)
+    b, _ = _model("course", 1)
+    batches = recalibration_batches(tiny_data.train, num_images=128, batch_size=64)
+    first = permutation_spec(a)[:1]
+    merged = interpolate(a, b, 0.5)
+    before = {k: v.clone() for k, v in merged.state_dict().items()}
+    repair(merged, a, b, batches, device="cpu", precision="fp32", spec=first)
+    changed = {k for k, v in merged.state_dict().items()
+               if k.endswith(("weight", "bias")) and not torch.equal(v, before[k])}
+    assert changed == {"1.weight", "1.bias"}
+    full = repair(interpolate(a, b, 0.5), a, b, batches, device="cpu", precision="fp32")
+    assert torch.equal(full.state_dict()["1.weight"], merged.state_dict()["1.weight"])
 
 
 def test_unsupported_operations_are_refused_with_the_node_name():
@@ -347,7 +391,6 @@ def test_unsupported_operations_are_refused_with_the_node_name():
 
 
 def test_an_explicit_spec_is_used_as_given():
-    from helpers.alignment import PermGroup
     seed_everything(0)
     model = _warm(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 10)), (3, 8, 8))
     spec = [PermGroup(16, ["1.weight", "1.bias"], [("3.weight", 1)])]

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.models import CNN, count_flops, count_parameters, course_cnn, describe, student_cnn
+from helpers.models import (CNN, ResidualCNN, build_model, count_flops, count_parameters, course_cnn, describe,
+                            module_fingerprint, student_cnn)
 
 
 def test_shapes_and_widths():
@@ -55,3 +56,36 @@ def test_residual_cnn_shapes_and_traced_groups():
     assert torch.allclose(model(x), permute_model(model, random_permutations(model, seed=0))(x), atol=1e-5)
     with pytest.raises(ValueError, match="widths"):
         residual_cnn(1.0).__class__((8, 16))
+
+
+def _same_weights(m1, m2):
+    return all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+@pytest.mark.parametrize("arch, cls", [("course", CNN), ("student", CNN), ("residual", ResidualCNN),
+                                       ("course_nonorm", CNN)])
+def test_build_model_builds_each_arch_with_seeded_weights(arch, cls):
+    a, b, c = build_model(arch, 0.25, 0), build_model(arch, 0.25, 0), build_model(arch, 0.25, 1)
+    assert type(a) is cls and _same_weights(a, b) and not _same_weights(a, c)
+    assert (arch == "course_nonorm") == (not any(isinstance(m, nn.BatchNorm2d) for m in a.modules()))
+
+
+def test_build_model_names_the_valid_archs():
+    with pytest.raises(ValueError, match="unknown arch 'resnet'; valid: course, student, residual, course_nonorm"):
+        build_model("resnet", 1.0, 0)
+
+
+def test_module_fingerprint_digests_the_content():
+    """The digest of checkpoint keys: equal for equal content, different for other weights or another
+    structure, and pinned (a change to it would silently orphan every cached distilled student and fine-tune)."""
+    a, b = build_model("course", 0.25, 0), build_model("course", 0.25, 0)
+    assert module_fingerprint(a) == module_fingerprint(b)
+    with torch.no_grad():
+        b[0].weight[0, 0, 0, 0] += 1
+    assert module_fingerprint(a) != module_fingerprint(b)
+    assert module_fingerprint(course_cnn(0.25)) != module_fingerprint(course_cnn(0.25, norm=False))
+    m = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[0.5, -1.0]]))
+        m[0].bias.fill_(0.25)
+    assert module_fingerprint(m) == "900e168e0b42479b"

@@ -1,15 +1,23 @@
-"""The recipe module: every recipe trains once in `smoke`, then comes from the cache; keys are honest."""
+"""The recipe module: every recipe trains once in `smoke`, then comes from the cache; keys are honest;
+no two runs share a seed unless they are meant to."""
 
+import itertools
+import re
 from dataclasses import replace
+from functools import partial
+from types import MappingProxyType
 
 import pytest
 import torch
 
 import helpers.zoo as zoo
 from helpers import checkpoints
-from helpers.data import DataSplits, synthetic_cifar, train_val_split
-from helpers.presets import get_preset
-from helpers.zoo import SEEDS, Subset
+from helpers.data import ClassSubset, DataSplits, Subset, synthetic_cifar, train_val_split
+from helpers.distillation import CachedTeacher, distillation_study
+from helpers.ensembling import Ensemble
+from helpers.models import build_model, module_fingerprint
+from helpers.presets import PRESETS, get_preset
+from helpers.zoo import SEEDS
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +83,15 @@ def test_recipe_trains_once_then_hits_the_cache(recipe, preset, smoke_data, trai
     assert _same_weights(first, second)
 
 
+def _study(preset, data, teachers):
+    return distillation_study(partial(zoo.get_student, preset, data, progress=False),
+                              partial(zoo.get_distilled_student, preset, data, progress=False), data,
+                              teachers=teachers, temperatures=(1.0, 4.0), soft_weight=0.9, seeds=[0, 1])
+
+
 def test_distillation_study_chooses_on_validation_and_reuses_teacher_outputs(preset, smoke_data, trainings):
     teachers = zoo.pair_teachers(preset, smoke_data, progress=False)
-    study = zoo.distillation_study(preset, smoke_data, teachers=teachers, temperatures=(1.0, 4.0), soft_weight=0.9,
-                                   seeds=[0, 1], progress=False)
+    study = _study(preset, smoke_data, teachers)
     assert study.temperature == max(study.val_by_temperature, key=study.val_by_temperature.get)
     assert set(study.runs) == {"scratch", "KD ensemble (MSE)", "KD ensemble (KL, T=1)", "KD ensemble (KL, T=4)",
                                f"KD member (KL, T={study.temperature:g})"}
@@ -87,8 +100,7 @@ def test_distillation_study_chooses_on_validation_and_reuses_teacher_outputs(pre
     summary = study.summary()
     assert summary["scratch"]["std"] >= 0 and len(summary["scratch"]["accuracy"]) == 2
     trainings["n"] = 0
-    again = zoo.distillation_study(preset, smoke_data, teachers=teachers, temperatures=(1.0, 4.0), soft_weight=0.9,
-                                   seeds=[0, 1], progress=False)
+    again = _study(preset, smoke_data, teachers)
     assert trainings["n"] == 0 and again.summary() == summary
 
 
@@ -101,11 +113,12 @@ def test_distilled_students_of_different_teachers_never_share_a_cache_entry(pres
     from_b, _ = zoo.get_distilled_student(preset, smoke_data, teacher="custom", teacher_module=pair.model_b,
                                           progress=False)
     assert trainings["n"] == 1 and not _same_weights(from_a, from_b)
-    assert zoo.module_fingerprint(pair.model_a) != zoo.module_fingerprint(pair.model_b)
+    assert zoo.teacher_fingerprint(pair.model_a) != zoo.teacher_fingerprint(pair.model_b)
     ensemble = zoo.pair_teachers(preset, smoke_data, progress=False)["ensemble"]
-    other_rule = zoo.Ensemble(list(ensemble.members), combine="mean_probs")
-    assert zoo.module_fingerprint(ensemble) != zoo.module_fingerprint(other_rule)   # same weights, other function
-    assert zoo.module_fingerprint(zoo.CachedTeacher(ensemble)) == zoo.module_fingerprint(ensemble)
+    other_rule = Ensemble(list(ensemble.members), combine="mean_probs")
+    assert zoo.teacher_fingerprint(ensemble) != zoo.teacher_fingerprint(other_rule)   # same weights, other function
+    assert zoo.teacher_fingerprint(CachedTeacher(ensemble)) == zoo.teacher_fingerprint(ensemble) \
+        == module_fingerprint(ensemble)
 
 
 def test_cache_keys_change_with_data_and_config(preset, smoke_data):
@@ -126,20 +139,6 @@ def test_spawned_siblings_share_one_parent_checkpoint(preset, smoke_data):
     assert len(parents) == 1 and parents[0].startswith("smoke-spawned-parent-")
 
 
-def test_seeds_table_is_the_one_source_of_seeds(preset, smoke_data):
-    """No two recipes share initial weights by accident: every course model's init seed is distinct,
-    except the ones that share it on purpose (shared_init pair, spawned children)."""
-    configs = {f"{kind}_{m}": c for kind in zoo.PAIR_KINDS
-               for m, c in zip("ab", zoo.pair_configs(kind, preset, smoke_data))}
-    configs["joint"] = zoo.course_config(preset, smoke_data, SEEDS["joint"])
-    inits = {name: c.init_seed for name, c in configs.items()}
-    assert inits["shared_init_a"] == inits["shared_init_b"] and inits["spawned_a"] == inits["spawned_b"]
-    distinct = {inits[k] for k in ("independent_a", "independent_b", "shared_init_a", "spawned_a", "disjoint_a",
-                                   "disjoint_b", "joint")}
-    assert len(distinct) == 7 and SEEDS["fedavg_init"] not in distinct
-    assert configs["shared_init_a"].data_seed != configs["shared_init_b"].data_seed
-
-
 def test_subset_validation_and_selection(smoke_data):
     assert Subset().select(smoke_data.train) is smoke_data.train
     halves = [Subset(0.5, i, 2).select(smoke_data.train) for i in range(2)]
@@ -148,8 +147,6 @@ def test_subset_validation_and_selection(smoke_data):
         Subset(0.5, 2, 2)
     with pytest.raises(ValueError, match="dirichlet_alpha"):
         Subset(None, 0, 2)
-    with pytest.raises(ValueError, match="unknown arch"):
-        zoo.build_model("resnet", 1.0, 0)
 
 
 def test_a_cache_made_under_one_data_path_is_used_under_another(tmp_path, monkeypatch, preset, trainings):
@@ -202,13 +199,13 @@ def test_task_models_fine_tune_on_their_classes_only(preset, smoke_data):
 
 
 def test_class_subset_validation_and_selection(smoke_data):
-    part = zoo.ClassSubset((1, 3)).select(smoke_data.train)
+    part = ClassSubset((1, 3)).select(smoke_data.train)
     assert set(part.labels.tolist()) == {1, 3}
     assert len(part) == sum(1 for y in smoke_data.train.labels.tolist() if y in (1, 3))
     with pytest.raises(ValueError, match="distinct"):
-        zoo.ClassSubset((1, 1))
+        ClassSubset((1, 1))
     with pytest.raises(ValueError, match="class 12"):
-        zoo.ClassSubset((12,)).select(smoke_data.train)
+        ClassSubset((12,)).select(smoke_data.train)
 
 
 def test_independent_models_start_with_the_independent_pair(preset, smoke_data):
@@ -218,25 +215,6 @@ def test_independent_models_start_with_the_independent_pair(preset, smoke_data):
     assert not _same_weights(models[2], pair.model_a)
     with pytest.raises(ValueError, match="num_models"):
         zoo.get_independent_models(preset, smoke_data, 1, progress=False)
-
-
-def test_full_data_runs_never_share_a_data_order(preset, smoke_data):
-    """Runs on the same training images with the same data seed see the same batches: every course
-    model trained on all of data.train (pairs, spawned children, joint, extra independent models,
-    residual / no-norm pairs, SWA runs) has its own data seed for the epochs it trains."""
-    runs = {f"{kind}_{m}": c for kind in ("independent", "shared_init")
-            for m, c in zip("ab", zoo.pair_configs(kind, preset, smoke_data))}
-    runs.update({f"spawned child {i}": zoo.spawned_child_config(preset, smoke_data, i) for i in range(8)})
-    runs["spawned parent"] = zoo.spawned_child_config(preset, smoke_data, 0).parent
-    runs["joint"] = zoo.course_config(preset, smoke_data, SEEDS["joint"])
-    seeds = {name: c.data_seed for name, c in runs.items()}
-    seeds.update({f"independent {i}": SEEDS["independent_extra"] + i for i in range(2, 8)})
-    seeds.update({f"{kind} {m}": SEEDS[f"{kind}_{m}"] for kind in ("residual", "nonorm") for m in "ab"})
-    seeds.update({f"swa {s}": SEEDS["swa"] + s for s in range(3)})
-    clashes = [(a, b) for a in seeds for b in seeds if a < b and seeds[a] == seeds[b]]
-    assert not clashes, f"runs sharing a data order: {clashes}"
-    # the spawned pair itself keeps its seeds (its cache entries and results do not move)
-    assert [zoo.spawned_child_config(preset, smoke_data, i).data_seed for i in range(2)] == [6, 7]
 
 
 def test_fedavg_replicates_differ_in_init_split_and_order_and_keep_seed_0(preset, smoke_data, monkeypatch):
@@ -251,7 +229,7 @@ def test_fedavg_replicates_differ_in_init_split_and_order_and_keep_seed_0(preset
     assert s0 == SEEDS["fedavg_init"] and [s1, s2] == [SEEDS["fedavg_extra"] + 1, SEEDS["fedavg_extra"] + 2]
     assert not torch.equal(w0, w1) and not torch.equal(w1, w2)
     assert not torch.equal(y0, y1)
-    assert torch.equal(w0, zoo.build_model("course", preset.width, SEEDS["fedavg_init"]).state_dict()["0.weight"])
+    assert torch.equal(w0, build_model("course", preset.width, SEEDS["fedavg_init"]).state_dict()["0.weight"])
     with pytest.raises(ValueError, match="seed"):
         zoo.get_fedavg(preset, smoke_data, num_clients=2, dirichlet_alpha=None, rounds=1, seed=-1, progress=False)
 
@@ -272,11 +250,120 @@ def test_owners_are_the_fedavg_clients_and_are_validated(preset, smoke_data):
 
 def test_distilling_into_a_course_sized_model_builds_the_course_cnn(preset, smoke_data):
     """arch="course" must give the course CNN at the preset's width (it once built the student CNN)."""
-    from helpers.ensembling import Ensemble
     pair = zoo.get_pair("independent", preset, smoke_data, progress=False)
     model, _ = zoo.get_distilled_student(preset, smoke_data, teacher="pair ensemble",
                                          teacher_module=Ensemble([pair.model_a, pair.model_b]), arch="course",
                                          progress=False)
-    reference = zoo.build_model("course", preset.width, 0)
+    reference = build_model("course", preset.width, 0)
     assert type(model) is type(reference)
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeds: every run the recipes make, listed from their config functions (no data, no training)
+
+
+class _Data:
+    """What the config functions read of the data: its size and content fingerprint (`zoo.data_tag`)."""
+
+    train = range(1000)
+    fingerprint = "listing"
+
+
+def _runs(preset) -> dict[str, zoo.RunConfig]:
+    """Every trained model's run under `preset`, by a name for people: pairs of each kind, the spawned
+    parent and children 0..max(5, soup_size)-1 (notebook 08's soups), the joint model, independent models
+    0..max(num_seeds + 1, ensemble_models, 3)-1, the residual and no-norm pairs, students and distilled
+    students 0..max(num_seeds, kd_seeds)-1, owners of 2, 4 and 8 parts, SWA runs, a fine-tune, the task
+    base and its fine-tunes, and FedAvg's server model for replicates 0..num_seeds-1. (Runs of another
+    preset, such as notebook 04's width trend, `replace(preset, width=w)`, are these recipes at another
+    width and reuse these seeds by design.)"""
+    d = _Data()
+    runs = {}
+    for kind in zoo.PAIR_KINDS:
+        runs.update({f"{kind} {m}": c for m, c in zip("ab", zoo.pair_configs(kind, preset, d))})
+    runs.update({f"spawned child {i}": zoo.spawned_child_config(preset, d, i)
+                 for i in range(max(5, preset.soup_size))})
+    runs["spawned parent"] = runs["spawned child 0"].parent
+    runs["joint"] = zoo.joint_config(preset, d)
+    runs.update({f"independent {i}": zoo.independent_config(preset, d, i)
+                 for i in range(max(preset.num_seeds + 1, preset.ensemble_models, 3))})
+    runs.update({f"residual {m}": c for m, c in zip("ab", zoo.residual_configs(preset, d))})
+    runs.update({f"nonorm {m}": c for m, c in zip("ab", zoo.nonorm_configs(preset, d))})
+    for s in range(max(preset.num_seeds, preset.kd_seeds)):
+        runs[f"student {s}"] = zoo.student_config(preset, d, s)
+        for arch, name in (("student", "distilled student"), ("course", "course-sized distilled student")):
+            runs[f"{name} {s}"] = zoo.distilled_student_config(preset, d, teacher="ensemble", teacher_fingerprint="-",
+                                                                seed=s, arch=arch).student
+    for n in (2, 4, 8):
+        runs.update({f"owner {i} of {n}": c for i, c in enumerate(zoo.owner_configs(preset, d, n))})
+    runs.update({f"swa {s}": zoo.averaged_run_config(preset, d, s).run for s in range(max(3, preset.swa_runs))})
+    runs["fine-tune"] = zoo.finetune_config(preset, d)
+    runs["task base"] = zoo.task_base_config(preset, d)
+    runs.update({f"task {i} fine-tune": c for i, c in enumerate(zoo.task_finetune_configs(preset, d))})
+    for s in range(preset.num_seeds):
+        for alpha in (None, zoo.DISJOINT_ALPHA):
+            runs[f"fedavg {alpha or 'iid'} replicate {s}"] = zoo.fedavg_config(
+                preset, d, num_clients=preset.fed_clients, dirichlet_alpha=alpha, rounds=2, seed=s).model
+    return runs
+
+
+# Runs that share seeds on purpose: (which seeds, "<one run> & <the other>" as a regular expression, why).
+BOTH = ("init_seed", "data_seed")
+SHARED_ON_PURPOSE = [
+    (BOTH, r"independent a & independent 0|independent b & independent 1",
+     "get_independent_models starts with the independent pair: the same runs (and checkpoints)"),
+    (("init_seed",), r"shared_init a & shared_init b", "the shared_init pair: one initialisation, two data orders"),
+    (BOTH, r"spawned a & spawned child 0|spawned b & spawned child 1",
+     "the spawned pair is children 0 and 1 of get_spawned_children: the same runs (and checkpoints)"),
+    (("init_seed",), r"spawned (parent|a|b|child \d+) & spawned (parent|a|b|child \d+)",
+     "spawned children continue from the parent's weights (the parent part of their run is the parent's)"),
+    (BOTH, r"student (\d+) & distilled student \1",
+     "a distilled student has the scratch student's seeds (get_distilled_student): the two differ only in the loss"),
+    (BOTH, r"(distilled )?student (\d+) & course-sized distilled student \2",
+     "the same for a course-sized student (notebook 09): the scratch student's data order"),
+    (BOTH, r"fedavg \S+ replicate (\d+) & fedavg \S+ replicate \1",
+     "every FedAvg setting of one replicate starts from the same server model (get_fedavg)"),
+    (BOTH, r"owner (\d+) of \d+ & owner \1 of \d+",
+     "owner i has seeds `owners + i` in every split; owners of different splits train on other images and are "
+     "never combined"),
+]
+
+
+def _shared_on_purpose(kind: str, a: str, b: str) -> bool:
+    return any(kind in kinds and (re.fullmatch(pattern, f"{a} & {b}") or re.fullmatch(pattern, f"{b} & {a}"))
+               for kinds, pattern, _ in SHARED_ON_PURPOSE)
+
+
+def _seed_clashes(preset) -> list[str]:
+    """Every pair of runs with the same init or data seed that `SHARED_ON_PURPOSE` does not allow (two
+    recipes giving one identical run count too: that is one model trained twice under two names)."""
+    clashes = []
+    for kind in ("init_seed", "data_seed"):
+        for (a, c1), (b, c2) in itertools.combinations(_runs(preset).items(), 2):
+            if getattr(c1, kind) == getattr(c2, kind) and not _shared_on_purpose(kind, a, b):
+                clashes.append(f"{a} and {b} share {kind} {getattr(c1, kind)}")
+    return clashes
+
+
+@pytest.mark.parametrize("name", ["smoke", "workshop", "cpu", "gpu"])
+def test_no_two_runs_share_a_seed_unless_they_are_meant_to(name):
+    preset = PRESETS[name]
+    assert _seed_clashes(preset) == []
+    runs = _runs(preset)
+    assert len(runs) > 40
+    # the spawned pair itself keeps its seeds (its cache entries and results do not move)
+    assert [runs[f"spawned child {i}"].data_seed for i in range(2)] == [6, 7]
+
+
+@pytest.mark.parametrize("entry, same_as, clash", [
+    ("joint", "independent_a", "independent a and joint share init_seed 1"),
+    ("swa", "task_base", "swa 0 and task base share init_seed 50"),
+    ("spawned_extra", "spawned_children", "disjoint a and spawned child 2 share data_seed 8"),
+    ("student", "owners", "student 0 and owner 0 of 2 share init_seed 70"),
+])
+def test_the_seed_check_fails_when_two_recipes_get_one_seed(monkeypatch, entry, same_as, clash):
+    """The check can fail: with one `SEEDS` entry set to another's, it names the runs that now collide."""
+    monkeypatch.setattr(zoo, "SEEDS", MappingProxyType({**SEEDS, entry: SEEDS[same_as]}))
+    clashes = _seed_clashes(PRESETS["cpu"])
+    assert any(c.startswith(clash) for c in clashes), clashes
