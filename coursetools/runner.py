@@ -47,7 +47,7 @@ from coursetools.speed import measure
 from helpers._paths import atomic_write, project_root
 from helpers.checkpoints import PREDICTIONS, checkpoint_dir
 from helpers.devices import pick_device, resolve_precision
-from helpers.evaluation import code_version
+from helpers._prediction_cache import code_version
 from helpers.presets import get_preset
 from helpers.repro import environment
 from helpers.results import save_text

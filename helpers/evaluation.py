@@ -19,8 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers._prediction_cache import cache_predictions, memoized, tensor_digest
-# Transitional: modules being split elsewhere still import these from here; they live in _prediction_cache.
-from helpers._prediction_cache import batches_digest, check_entry, code_version, model_signature  # noqa: F401
 from helpers.data import Batches, DataLike, as_data, iterate_batches
 from helpers.devices import autocast, eval_mode, model_device, resolve_precision
 

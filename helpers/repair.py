@@ -24,7 +24,7 @@ from torch import nn
 from helpers.alignment import LAYERS, NORMS, PermGroup, hidden_unit_modules
 from helpers.averaging import has_batchnorm, recalibrate_batchnorm
 from helpers.devices import autocast, eval_mode, resolve_precision
-from helpers.evaluation import batches_digest, memoized
+from helpers._prediction_cache import batches_digest, memoized
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ from torch import nn
 from helpers import _prediction_cache as evaluation   # the cache machinery (private module)
 from helpers.alignment import weight_matching
 from helpers.averaging import interpolate, interpolation_curve, recalibration_batches
-from helpers.evaluation import cache_predictions, model_signature, predict_logits
+from helpers._prediction_cache import model_signature
+from helpers.evaluation import cache_predictions, predict_logits
 from helpers.models import course_cnn
 from helpers.repair import repair
 from helpers.repro import seed_everything

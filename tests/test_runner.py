@@ -100,14 +100,13 @@ def test_the_notebooks_share_a_prediction_folder_kept_for_the_next_run_of_the_sa
     entries of another code version are removed when a run starts, and share_predictions=False leaves
     each notebook on its own. Every kernel gets HELPERS_CACHE_PREDICTIONS=1 (the cache's switch), shared
     folder or not, and the runner's own environment is left as it was."""
-    from helpers.evaluation import code_version
+    from helpers._prediction_cache import code_version
     monkeypatch.delenv("HELPERS_PREDICTION_CACHE_DIR", raising=False)
     monkeypatch.delenv("HELPERS_CACHE_PREDICTIONS", raising=False)
     setup = ("import os, torch\n"
              "from helpers.evaluation import cache_predictions, predict_logits\n"
              "from helpers.data import synthetic_cifar\n"
              "from helpers.models import course_cnn\n"
-             "cache_predictions()\n"
              "torch.manual_seed(0)\n"
              "logits = predict_logits(course_cnn(0.25), synthetic_cifar(64, 32, seed=0).test)\n"
              "print(os.environ.get('HELPERS_PREDICTION_CACHE_DIR'), cache_predictions.hits,\n"
