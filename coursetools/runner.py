@@ -50,7 +50,7 @@ from helpers.devices import pick_device, resolve_precision
 from helpers._prediction_cache import code_version
 from helpers.presets import get_preset
 from helpers.repro import environment
-from helpers.results import save_text
+from helpers.results import results_dir, save_text
 
 
 def course_notebooks(root: Path | None = None) -> list[Path]:
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = save_timings(preset, seconds, checkpoints_written=total, label=args.label, name=name,
                             host_speed=host_speed, evaluations=evaluations or None)
         print(f"wrote {path}")
-    print(f"{len(seconds)} notebooks ({preset}) in {time.perf_counter() - start:.0f} s; results in results/{preset}/")
+    print(f"{len(seconds)} notebooks ({preset}) in {time.perf_counter() - start:.0f} s; results in {results_dir(preset)}/")
     print(f"checkpoint cache {checkpoint_dir()}: {total} checkpoint(s) written by this run"
           + (" (no cached model was retrained)" if total == 0 else ""))
     if evaluations:
