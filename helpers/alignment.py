@@ -72,7 +72,27 @@ _ADD = {operator.add, operator.iadd, torch.add}
 _PASS_FUNCTIONS = {F.relu, F.gelu, F.silu, F.leaky_relu, F.elu, F.hardswish, F.relu6, F.dropout, F.max_pool2d,
                    F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.relu, torch.sigmoid, torch.tanh}
 _PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous"}
+_SCALE_FUNCTIONS = {operator.mul, operator.truediv, torch.mul}   # by a constant: channels keep their group
 _FIXED = -1   # the union-find class of channels that must not move: inputs and the model's outputs
+
+
+class _Tracer(torch.fx.Tracer):
+    """`torch.fx`'s tracer, with subclasses of the supported layers kept whole (a frozen whitening conv,
+    a custom BatchNorm) instead of traced into their functional calls."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, LAYERS + NORMS + PASS_THROUGH + (nn.Flatten,)) or \
+            super().is_leaf_module(module, qualified_name)
+
+
+def _is_scaling(node) -> bool:
+    """A multiplication or division of one traced tensor by a plain number (e.g. logits times 1/9)."""
+    if node.op != "call_function" or node.target not in _SCALE_FUNCTIONS or len(node.args) != 2:
+        return False
+    tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
+    numbers = [a for a in node.args if isinstance(a, (int, float))]
+    return len(tensors) == 1 and len(numbers) == 1 and (node.target is not operator.truediv
+                                                        or isinstance(node.args[1], (int, float)))
 
 
 def permutation_spec(model: nn.Module) -> list[PermGroup]:
@@ -86,7 +106,7 @@ def permutation_spec(model: nn.Module) -> list[PermGroup]:
     concatenation, reshaping views, attention, grouped convolutions, LayerNorm — is refused with the
     node's name, so a wrong permutation is never produced silently."""
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = _Tracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - dynamic control flow and the like: say what to do
         raise ValueError(f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
                          "pass an explicit spec (a list of PermGroup) to weight_matching") from None
@@ -159,6 +179,11 @@ def permutation_spec(model: nn.Module) -> list[PermGroup]:
             is_flatten = (node.op == "call_module" and isinstance(modules[node.target], nn.Flatten)) or \
                 node.target in (torch.flatten, "flatten")
             if x in flat or is_flatten:
+                flat.add(node)
+        elif _is_scaling(node):
+            x = source(node, next(a for a in node.args if isinstance(a, torch.fx.Node)))
+            channel[node] = channel[x]
+            if x in flat:
                 flat.add(node)
         elif node.op == "call_function" and node.target in _ADD:
             xs = [source(node, a) for a in node.args[:2]]

@@ -410,18 +410,22 @@ def _pixel_rows(images: torch.Tensor) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = AUGMENT_PAD,
-            index: torch.Tensor | None = None, pixel_rows: torch.Tensor | None = None) -> torch.Tensor:
+            index: torch.Tensor | None = None, pixel_rows: torch.Tensor | None = None,
+            flip: torch.Tensor | None = None) -> torch.Tensor:
     """Random crop (reflect padding by `pad`) and random horizontal flip, for a whole batch at once.
 
     images: (N, 3, H, W) of any dtype (uint8 or float). index: (B,) which images form the batch
     (default: all of them). pixel_rows: `images` as (N * H * W, 3), if the caller keeps it (else made
-    here). Returns (B, 3, H, W) of the same dtype in channels_last memory layout.
+    here). flip: (B,) bool, which images to mirror, instead of the random draw (which is still made, so
+    the shifts of a seed are the same either way). Returns (B, 3, H, W) of the same dtype in
+    channels_last memory layout.
     Selection, padding, crop and flip are one row gather: each output pixel is read once, with no
     padded copy (the reflect padding is an index map)."""
     n, c, h, w = images.shape
     device = images.device
     index = torch.arange(n, device=device) if index is None else index.to(device)
-    dy, dx, flip = (t.to(device) for t in _augment_draws(len(index), generator, pad))
+    dy, dx, drawn = (t.to(device) for t in _augment_draws(len(index), generator, pad))
+    flip = drawn if flip is None else flip.to(device)
     rows = _reflect(dy[:, None] - pad + torch.arange(h, device=device), h)                  # (B, H)
     cols = dx[:, None] - pad + torch.arange(w, device=device)                               # (B, W)
     cols = _reflect(torch.where(flip[:, None], cols.flip(1), cols), w)   # flip = read columns backwards
@@ -434,10 +438,14 @@ def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = AUGM
 
 def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False, augment_images: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                    drop_last: bool = False, start_batch: int = 0,
-                    stop_batch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    drop_last: bool = False, start_batch: int = 0, stop_batch: int | None = None,
+                    pad: int = AUGMENT_PAD,
+                    flip: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield `(x, y)` batches: x (B, ...) float32 model inputs (`data.normalize`; images in channels_last),
     y (B,) int64.
+
+    pad: the random crop's reflect padding (the largest shift, in pixels). flip: (N,) bool per image of
+    `data`, which to mirror this pass (`alternating_flips`), instead of a fresh random half per batch.
 
     Shuffling and augmentation draw from `generator` (CPU), so a seed fixes the whole stream.
     `start_batch` / `stop_batch` yield only batches `[start_batch, stop_batch)` of that stream, the
@@ -457,11 +465,12 @@ def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False,
             return
         if i < start_batch:
             if augment_images:
-                _augment_draws(len(order[start:start + batch_size]), generator, AUGMENT_PAD)
+                _augment_draws(len(order[start:start + batch_size]), generator, pad)
             continue
         idx = order[start:start + batch_size].to(data.images.device)
         if augment_images:  # gather, crop and flip the pixels at once; normalise only the result
-            x = augment(data.images, generator, index=idx, pixel_rows=data.pixel_rows())
+            x = augment(data.images, generator, pad=pad, index=idx, pixel_rows=data.pixel_rows(),
+                        flip=None if flip is None else flip[idx.cpu()])
             x = data.normalize(x.to(device, non_blocking=True))
         else:
             x = data.normalize(data.images[idx].to(device, non_blocking=True))
@@ -469,6 +478,15 @@ def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool = False,
                 x = x.contiguous(memory_format=torch.channels_last)
         y = data.labels[idx].to(device, non_blocking=True)
         yield x, y
+
+
+def alternating_flips(n: int, epoch: int, *, seed: int) -> torch.Tensor:
+    """(n,) bool: which of `n` images to mirror in epoch `epoch` so that each is seen mirrored every other
+    epoch (airbench's alternating flip): a random half (fixed by `seed`) in even epochs, the other half
+    in odd ones. Over two epochs every image is seen both ways, where random flips leave a quarter of
+    them one way only."""
+    first = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return first ^ bool(epoch % 2)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:

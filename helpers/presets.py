@@ -20,7 +20,7 @@ import torch
 
 from helpers.data import (DataNotFoundError, DataSplits, balanced_subset, load_cifar10, synthetic_cifar,
                           train_val_split)
-from helpers.training import TrainConfig
+from helpers.training import TrainConfig, airbench_config
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Preset:
     num_seeds: int                   # seeds for mean +/- std claims
     soup_size: int                   # spawned children averaged into one "soup" (notebook 03)
     kd_seeds: int                    # seeds of each student recipe in notebook 06 (may exceed num_seeds)
+    arch: str = "course"             # the course model: "course" (`course_cnn`) or "fast" (airbench's, `fast_cnn`)
     recal_images: int = 5000         # training images that recompute BatchNorm statistics after a merge (03-05, 08, 09)
     val_fraction: float = 0.1        # share of each class's training images held out for validation
     train_subset: int = 0            # class-balanced training images kept after the split (0 = all)
@@ -107,6 +108,17 @@ PRESETS: dict[str, Preset] = {
         spawn_epoch=1, num_seeds=3, soup_size=3, kd_seeds=3, recal_images=2000, distil_four_owners=False,
         interpolation_alphas=(0, 0.25, 0.5, 0.75, 1), alignment_alphas=(0, 0.25, 0.5, 0.75, 1),
         width_trend=(0.25, 0.5),
+    ),
+    # Well-trained models on 2 CPU cores (issue 32): airbench's network at half width (32/128/128 channels
+    # after the whitening stem) and its recipe (`airbench_config`: Nesterov SGD at momentum 0.85 with
+    # decoupled lr / weight decay, 64x lr for BatchNorm biases, triangular schedule, lookahead EMA, +-2 px
+    # shifts with alternating flips). For the comparisons that change sign with model quality (issue 33).
+    "long": Preset(
+        name="long", data="cifar10", arch="fast", width=0.5, student_width=0.5,
+        train=airbench_config(num_epochs=8, batch_size=512),
+        spawn_epoch=1, num_seeds=3, soup_size=3, kd_seeds=3, recal_images=2000, distil_four_owners=False,
+        interpolation_alphas=(0, 0.25, 0.5, 0.75, 1), alignment_alphas=(0, 0.25, 0.5, 0.75, 1),
+        width_trend=(),
     ),
     "gpu": Preset(
         name="gpu", data="cifar10", width=2.0, student_width=1.0,

@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from helpers.data import Batches, DataLike, as_data, iterate_batches
-from helpers.training import History, TrainConfig, lr_at, steps_per_epoch, train_steps
+from helpers.training import History, TrainConfig, schedule_lr, steps_per_epoch, train_steps
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def swa_schedule(num_steps: int, config: TrainConfig, averaging: AveragingConfig
     """The run's learning rate per step: `config`'s one-cycle schedule up to `swa_start`, then SWALR's
     linear anneal to `swa_lr` and constant after (read off a real `SWALR`, stepped once per step)."""
     start = max(1, round(averaging.swa_start * num_steps))
-    lrs = [lr_at(step, num_steps, config.lr, config.warmup) for step in range(start)]
+    lrs = [schedule_lr(config, step, num_steps) for step in range(start)]
     dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lrs[-1])
     anneal = max(1, round(averaging.anneal_fraction * (num_steps - start)))
     scheduler = SWALR(dummy, swa_lr=averaging.swa_lr, anneal_epochs=anneal, anneal_strategy="linear")

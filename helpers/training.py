@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.data import Batches, DataLike, TensorData, as_data, iterate_batches, num_batches
+from helpers.data import AUGMENT_PAD, Batches, DataLike, TensorData, alternating_flips, as_data, iterate_batches, num_batches
 from helpers.devices import PRECISIONS, autocast, grad_scaler, model_device, pick_device, resolve_precision
 from helpers.evaluation import evaluate
 
@@ -42,8 +42,17 @@ class TrainConfig:
     weight_decay: float = 5e-4       # L2 on conv/linear weights only (not BatchNorm, not biases)
     label_smoothing: float = 0.2     # cross-entropy label smoothing
     warmup: float = 0.2              # fraction of all steps spent warming up linearly from 0
-    augment: bool = True             # random crop (reflect pad 4) + horizontal flip
+    augment: bool = True             # random crop (reflect pad `crop_pad`) + horizontal flip
     precision: str = "auto"          # "auto" | "bf16" | "fp16" | "fp32" (helpers.devices.resolve_precision)
+    # airbench's trainer-side ingredients (Jordan, 2024); the defaults are the course's original recipe.
+    crop_pad: int = AUGMENT_PAD      # largest random shift, pixels (airbench: 2)
+    flip: str = "random"             # "random": a fresh half per batch; "alternate": each image mirrored every
+                                     # other epoch (`helpers.data.alternating_flips`); "none"
+    lr_start: float = 0.0            # learning rate at step 0, as a fraction of `lr` (airbench: 0.2)
+    lr_end: float = 0.0              # learning rate at the last step, as a fraction of `lr` (airbench: 0.07)
+    bias_lr_factor: float = 1.0      # learning-rate multiplier for BatchNorm biases (airbench: 64)
+    lookahead_every: int = 0         # steps between lookahead-EMA updates, 0 = off (airbench: 5)
+    lookahead_decay: float = 0.95 ** 5   # the EMA's decay at the end of the run (ramped up as (t / T) ** 3)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -52,6 +61,32 @@ class TrainConfig:
             raise ValueError("num_epochs and batch_size must be >= 1")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+        if self.flip not in ("random", "alternate", "none"):
+            raise ValueError(f"flip must be 'random', 'alternate' or 'none'; got {self.flip!r}")
+        if self.crop_pad < 0 or self.lookahead_every < 0 or self.bias_lr_factor <= 0:
+            raise ValueError("crop_pad and lookahead_every must be >= 0 and bias_lr_factor > 0")
+        if not (0 <= self.lr_start <= 1 and 0 <= self.lr_end <= 1 and 0 <= self.lookahead_decay < 1):
+            raise ValueError("lr_start and lr_end must be in [0, 1], lookahead_decay in [0, 1)")
+
+
+def airbench_config(*, num_epochs: int, batch_size: int = 1024, lr_per_1024: float = 11.5,
+                    weight_decay_per_1024: float = 0.0153, momentum: float = 0.85, **overrides) -> TrainConfig:
+    """airbench94's optimiser and schedule (Jordan, 2024) as a `TrainConfig` for this trainer.
+
+    airbench states its learning rate and weight decay per 1,024 examples of a summed loss, decoupled
+    from momentum: a step of the mean loss over a batch of B then has lr = lr_per_1024 * (B / 1024) *
+    (1 - momentum) / (2 - momentum) (its "kilostep" scale, 1 + 1 / (1 - momentum) steps per 1,024
+    examples) and weight decay `weight_decay_per_1024 / lr_per_1024`, so that lr x weight decay per step
+    is as in airbench whatever B is. The rest: label smoothing 0.2; a triangular schedule from 0.2 x peak
+    up to the peak at 23% of the steps and down to 0.07 x peak; BatchNorm biases at 64x the learning rate;
+    a lookahead EMA every 5 steps; shifts of up to 2 pixels and alternating flips. `overrides` replace any
+    field. Credit: github.com/KellerJordan/cifar10-airbench (MIT)."""
+    kilostep = 1 + 1 / (1 - momentum)
+    fields = dict(num_epochs=num_epochs, batch_size=batch_size, lr=lr_per_1024 * batch_size / 1024 / kilostep,
+                  momentum=momentum, weight_decay=weight_decay_per_1024 / lr_per_1024, label_smoothing=0.2,
+                  warmup=0.23, lr_start=0.2, lr_end=0.07, bias_lr_factor=64.0, lookahead_every=5,
+                  crop_pad=2, flip="alternate")
+    return TrainConfig(**(fields | overrides))
 
 
 @dataclass
@@ -116,21 +151,70 @@ class History:
         )
 
 
-def lr_at(step: int, total_steps: int, peak: float, warmup: float) -> float:
-    """One-cycle schedule: linear 0 -> peak over `warmup * total_steps`, then linear -> 0."""
+def lr_at(step: int, total_steps: int, peak: float, warmup: float, *, start: float = 0.0,
+          end: float = 0.0) -> float:
+    """One-cycle schedule: linear 0 -> peak over `warmup * total_steps`, then linear -> 0. With `start` /
+    `end` (fractions of the peak; airbench's "triangle" uses 0.2 and 0.07) the line runs from
+    `start * peak` up to the peak and down to `end * peak` instead of from and to 0."""
     warm = max(1, round(warmup * total_steps))
     if step < warm:
+        if start:
+            return peak * (start + (1 - start) * (step + 1) / warm)
         return peak * (step + 1) / warm
-    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warm))
+    down = max(0.0, (total_steps - step) / max(1, total_steps - warm))
+    return peak * (end + (1 - end) * down) if end else peak * down
+
+
+def schedule_lr(config: "TrainConfig", step: int, total_steps: int) -> float:
+    """The config's learning rate at `step` of `total_steps` (`lr_at` with its peak, warmup, start, end)."""
+    return lr_at(step, total_steps, config.lr, config.warmup, start=config.lr_start, end=config.lr_end)
+
+
+class Lookahead:
+    """airbench's lookahead EMA: every `config.lookahead_every` steps the weights move to an exponential
+    average of themselves, `ema <- ema + (1 - decay) (w - ema); w <- ema`, with `decay` ramped from 0 to
+    `config.lookahead_decay` as (step / total) ** 3, so it smooths mostly the end of the run. Floating-point
+    buffers (BatchNorm statistics) are averaged too. A run continued from a checkpoint restarts the average
+    from the weights it starts with."""
+
+    def __init__(self, model: nn.Module, config: "TrainConfig", total_steps: int) -> None:
+        self.every, self.decay, self.total = config.lookahead_every, config.lookahead_decay, total_steps
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        for key, value in model.state_dict().items():
+            if key in self.state:
+                self.state[key].lerp_(value, 1 - decay)
+                value.copy_(self.state[key])
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Call after optimiser step `step` (0-based)."""
+        if (step + 1) % self.every == 0:
+            self.update(model, self.decay * ((step + 1) / self.total) ** 3)
+
+    def finish(self, model: nn.Module) -> None:
+        """The weights become the average (what the run returns)."""
+        self.update(model, 1.0)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """Nesterov SGD: weight decay on conv / linear weights only; with `config.bias_lr_factor` != 1 the
+    BatchNorm biases form a third group whose learning rate is that many times the others' (each group's
+    "lr_factor"; `run_steps` sets every group's lr to the schedule's value times it)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return torch.optim.SGD(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
-    )
+    groups = [{"params": decay, "weight_decay": config.weight_decay}]
+    if config.bias_lr_factor != 1.0:
+        bn_biases = {id(m.bias) for m in model.modules()
+                     if isinstance(m, nn.modules.batchnorm._NormBase) and m.bias is not None and m.bias.requires_grad}
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1 and id(p) not in bn_biases]
+        biases = [p for p in model.parameters() if id(p) in bn_biases]
+        groups += [{"params": no_decay, "weight_decay": 0.0},
+                   {"params": biases, "weight_decay": 0.0, "lr_factor": config.bias_lr_factor}]
+    else:
+        groups.append({"params": [p for p in model.parameters() if p.requires_grad and p.ndim <= 1],
+                       "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -161,8 +245,10 @@ class StepStats:
 
 def run_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lrs: Iterable[float], *,
               optimizer: torch.optim.Optimizer, loss_fn: LossFn, device: torch.device, precision: str,
-              scaler: torch.amp.GradScaler | None = None, bar: tqdm | None = None) -> StepStats:
-    """One optimiser step per `(x, y)` in `batches`, with the learning rate from `lrs` (one per batch).
+              scaler: torch.amp.GradScaler | None = None, bar: tqdm | None = None,
+              after_step: Callable[[int], None] | None = None) -> StepStats:
+    """One optimiser step per `(x, y)` in `batches`, with the learning rate from `lrs` (one per batch;
+    times a parameter group's "lr_factor" where it has one). after_step(i): called after the i-th step.
 
     The model must already be on `device` and in train mode. The forward pass runs under the
     precision's autocast; the loss is computed in float32. `scaler` (fp16): scales the loss so small
@@ -172,9 +258,9 @@ def run_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen, lr = 0, 0.0
-    for (x, y), lr in zip(batches, lrs):
+    for i, ((x, y), lr) in enumerate(zip(batches, lrs)):
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_factor"] if "lr_factor" in group else lr
         with autocast(device, precision):
             logits = model(x)
             loss = loss_fn(logits.float(), x, y)
@@ -189,6 +275,8 @@ def run_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        if after_step is not None:
+            after_step(i)
         if bar is not None:
             bar.update()
     return StepStats(float(loss_sum), int(correct), seen, lr, time.perf_counter() - t0)
@@ -214,17 +302,21 @@ def epoch_batches(data: DataLike | Batches, config: TrainConfig, *, seed: int, e
     if isinstance(data, Batches):
         return itertools.islice(iter(data.to(device)), start_batch, stop_batch)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    flip = None
+    if config.augment and config.flip != "random":
+        flip = (alternating_flips(len(data), epoch, seed=seed) if config.flip == "alternate"
+                else torch.zeros(len(data), dtype=torch.bool))
     return iterate_batches(data, config.batch_size, shuffle=True, augment_images=config.augment,
                            generator=generator, device=device, drop_last=True, start_batch=start_batch,
-                           stop_batch=stop_batch)
+                           stop_batch=stop_batch, pad=config.crop_pad, flip=flip)
 
 
 def run_epoch(model: nn.Module, data: DataLike | Batches, *, config: TrainConfig, seed: int, epoch: int,
               optimizer: torch.optim.Optimizer, loss_fn: LossFn | None = None, part: tuple[int, int] = (0, 1),
               device: torch.device, precision: str, scaler: torch.amp.GradScaler | None = None,
-              bar: tqdm | None = None) -> StepStats:
+              bar: tqdm | None = None, lookahead: Lookahead | None = None) -> StepStats:
     """Epoch `epoch` of the `config` schedule (or the i-th of k equal slices of it, `part=(i, k)`),
-    with the batches and learning rates a full run has there.
+    with the batches and learning rates a full run has there. lookahead: updated after each step.
 
     One random stream per (seed, epoch): a run resumed at epoch e, or a slice of an epoch, sees what
     a full run would. `data` must already be on `device`; the model is put in train mode."""
@@ -235,10 +327,11 @@ def run_epoch(model: nn.Module, data: DataLike | Batches, *, config: TrainConfig
     first, last = index * steps // slices, (index + 1) * steps // slices
     batches = epoch_batches(data, config, seed=seed, epoch=epoch, device=device, start_batch=first, stop_batch=last)
     total = steps * config.num_epochs
-    lrs = (lr_at(epoch * steps + i, total, config.lr, config.warmup) for i in range(first, last))
+    lrs = (schedule_lr(config, epoch * steps + i, total) for i in range(first, last))
+    after = None if lookahead is None else (lambda i: lookahead.after_step(model, epoch * steps + first + i))
     model.train()
     return run_steps(model, batches, lrs, optimizer=optimizer, loss_fn=loss_fn or cross_entropy_loss(config),
-                     device=device, precision=precision, scaler=scaler, bar=bar)
+                     device=device, precision=precision, scaler=scaler, bar=bar, after_step=after)
 
 
 def prepare(model: nn.Module, data, config: TrainConfig,
@@ -300,10 +393,15 @@ def train_epochs(model: nn.Module, data: DataLike, *, config: TrainConfig, seed:
     history = History(precision=precision, device=str(device))
     bar = tqdm(total=steps_per_epoch(data, config) * (stop_epoch - start_epoch), desc=desc, unit="step",
                disable=not progress, mininterval=0.5, leave=False)
+    lookahead = (Lookahead(model, config, steps_per_epoch(data, config) * config.num_epochs)
+                 if config.lookahead_every else None)
     try:
         for epoch in range(start_epoch, stop_epoch):
             stats = run_epoch(model, data, config=config, seed=seed, epoch=epoch, optimizer=optimizer,
-                              loss_fn=loss_fn, device=device, precision=precision, scaler=scaler, bar=bar)
+                              loss_fn=loss_fn, device=device, precision=precision, scaler=scaler, bar=bar,
+                              lookahead=lookahead)
+            if lookahead is not None and epoch + 1 == config.num_epochs:
+                lookahead.finish(model)
             _end_epoch(history, epoch + 1, stats, model, test_data, device=device, precision=precision, bar=bar)
     finally:
         bar.close()
@@ -334,26 +432,29 @@ def train_steps(model: nn.Module, data: DataLike, *, config: TrainConfig, num_st
     epoch e). lr_schedule: `step -> learning rate`; default the one-cycle schedule of `config`
     stretched over `num_steps`. after_step: called with the step index after every optimiser step
     (e.g. to update a `torch.optim.swa_utils.AveragedModel`). One `History` entry per epoch (or
-    partial epoch) of batches; `config.num_epochs` is not used. Starts a fresh optimiser."""
+    partial epoch) of batches; `config.num_epochs` is not used. Starts a fresh optimiser; with
+    `config.lookahead_every` a fresh `Lookahead` over the `num_steps` (its average is what is returned)."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     device, precision, data = prepare(model, data, config, device)
     optimizer = make_optimizer(model, config)
     scaler = grad_scaler(device, precision)
-    schedule = lr_schedule or (lambda step: lr_at(step, num_steps, config.lr, config.warmup))
+    schedule = lr_schedule or (lambda step: schedule_lr(config, step, num_steps))
     per_epoch = steps_per_epoch(data, config)
     history = History(precision=precision, device=str(device))
     bar = tqdm(total=num_steps, desc=desc, unit="step", disable=not progress, mininterval=0.5, leave=False)
     done, epoch = 0, 0
+    lookahead = Lookahead(model, config, num_steps) if config.lookahead_every else None
     try:
         model.train()
         while done < num_steps:
             count = min(per_epoch, num_steps - done)
             batches = epoch_batches(data, config, seed=seed, epoch=epoch, device=device, stop_batch=count)
             if after_step is None:
+                after = None if lookahead is None else (lambda i, d=done: lookahead.after_step(model, d + i))
                 stats = run_steps(model, batches, (schedule(done + i) for i in range(count)), optimizer=optimizer,
                                   loss_fn=cross_entropy_loss(config), device=device, precision=precision,
-                                  scaler=scaler, bar=bar)
+                                  scaler=scaler, bar=bar, after_step=after)
             else:   # one step at a time, so the callback sees every step
                 stats = StepStats()
                 for i, batch in enumerate(batches):
@@ -361,6 +462,8 @@ def train_steps(model: nn.Module, data: DataLike, *, config: TrainConfig, num_st
                                     loss_fn=cross_entropy_loss(config), device=device, precision=precision,
                                     scaler=scaler, bar=bar)
                     t0 = time.perf_counter()
+                    if lookahead is not None:
+                        lookahead.after_step(model, done + i)
                     after_step(done + i)
                     stats = StepStats(stats.loss_sum + one.loss_sum, stats.correct + one.correct,
                                       stats.seen + one.seen, one.lr,
@@ -368,6 +471,8 @@ def train_steps(model: nn.Module, data: DataLike, *, config: TrainConfig, num_st
                     model.train()
             done += count
             epoch += 1
+            if lookahead is not None and done == num_steps:
+                lookahead.finish(model)
             _end_epoch(history, epoch, stats, model, test_data, device=device, precision=precision, bar=bar)
     finally:
         bar.close()

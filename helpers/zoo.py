@@ -49,12 +49,12 @@ from typing import Mapping, Sequence
 from torch import nn
 
 from helpers.checkpoints import train_or_load
-from helpers.data import ALL, ClassSubset, DataSplits, Subset, TensorData
+from helpers.data import ALL, ClassSubset, DataSplits, Subset, TensorData, iterate_batches
 from helpers.devices import pick_device
 from helpers.distillation import CachedTeacher, distill
 from helpers.ensembling import Ensemble
 from helpers.federated import client_split, fedavg
-from helpers.models import build_model, module_fingerprint
+from helpers.models import Whitening, build_model, fit_whitening, module_fingerprint
 from helpers.presets import Preset
 from helpers.swa import AveragingConfig, train_with_averages
 from helpers.training import History, TrainConfig, epoch_steps, train_epochs, train_steps
@@ -146,7 +146,7 @@ def train_run(config: RunConfig, data: DataSplits, *, name: str, parent_name: st
                                            progress=progress)
 
     def build() -> nn.Module:
-        model = build_model(config.arch, config.width, config.init_seed)
+        model = new_model(config.arch, config.width, config.init_seed, train_data)
         if config.parent is not None:
             model.load_state_dict(parent.state_dict())
         return model
@@ -162,9 +162,24 @@ def train_run(config: RunConfig, data: DataSplits, *, name: str, parent_name: st
     return model.to(pick_device()).eval(), history
 
 
+WHITENING_IMAGES = 5000   # training images whose 2x2 patches fit a whitening stem (airbench's number)
+
+
+def new_model(arch: str, width: float, init_seed: int, train: TensorData) -> nn.Module:
+    """`build_model(arch, width, init_seed)`, with any `Whitening` stem fitted to the first
+    `WHITENING_IMAGES` images of `train` (the training images this run sees; unaugmented, in order),
+    so the same run always starts from the same weights."""
+    model = build_model(arch, width, init_seed)
+    if any(isinstance(m, Whitening) for m in model.modules()):
+        first = train.subset(range(min(WHITENING_IMAGES, len(train))))
+        fit_whitening(model, iterate_batches(first, 500), max_images=WHITENING_IMAGES)
+    return model
+
+
 def course_config(preset: Preset, data: DataSplits, seed: int) -> RunConfig:
-    """The course CNN under `preset`, with init and data seed `seed`."""
-    return RunConfig(arch="course", width=preset.width, init_seed=seed, data_seed=seed, train=preset.train,
+    """The preset's model (`preset.arch`: the course CNN, or airbench's network for `long`) under `preset`,
+    with init and data seed `seed`."""
+    return RunConfig(arch=preset.arch, width=preset.width, init_seed=seed, data_seed=seed, train=preset.train,
                      data=data_tag(preset, data))
 
 
@@ -360,7 +375,7 @@ def distilled_student_config(preset: Preset, data: DataSplits, *, teacher: str, 
     teacher's name and fingerprint and the loss settings."""
     student = student_config(preset, data, seed)
     if arch == "course":
-        student = replace(student, arch="course", width=preset.width)
+        student = replace(student, arch=preset.arch, width=preset.width)
     elif arch != "student":
         raise ValueError(f"arch must be 'student' or 'course', got {arch!r}")
     return DistillRun(student, teacher, teacher_fingerprint, objective, float(temperature), float(soft_weight))
@@ -390,7 +405,7 @@ def get_distilled_student(preset: Preset, data: DataSplits, *, teacher: str = "e
                                    temperature=temperature, soft_weight=soft_weight, seed=seed, arch=arch)
 
     def build() -> nn.Module:
-        return build_model(run.student.arch, run.student.width, run.student.init_seed)
+        return new_model(run.student.arch, run.student.width, run.student.init_seed, data.train)
 
     def fit(model: nn.Module) -> History:
         if isinstance(teacher_module, CachedTeacher):
@@ -462,7 +477,7 @@ def get_fedavg(preset: Preset, data: DataSplits, *, num_clients: int, dirichlet_
     name = (f"{preset.name}-fedavg-{split}-c{num_clients}-r{rounds}-e{local_epochs}"
             + (f"-a{averages_per_epoch}" if averages_per_epoch > 1 else "") + (f"-s{seed}" if seed else ""))
     model, history = train_or_load(
-        name, run, lambda: build_model(run.model.arch, run.model.width, run.model.init_seed),
+        name, run, lambda: new_model(run.model.arch, run.model.width, run.model.init_seed, data.train),
         lambda model: fedavg(model, clients, rounds=rounds, local_epochs=local_epochs,
                              averages_per_epoch=averages_per_epoch, keep_client_momentum=keep_client_momentum,
                              config=run.client_train, seed=run.model.data_seed, test_data=data.test, progress=progress))
@@ -501,7 +516,7 @@ def get_averaged_run(preset: Preset, data: DataSplits, *, seed: int = 0,
     key = averaged_run_config(preset, data, seed)
 
     def build() -> nn.Module:
-        return nn.ModuleDict({name: build_model("course", preset.width, key.run.init_seed)
+        return nn.ModuleDict({name: new_model(key.run.arch, key.run.width, key.run.init_seed, data.train)
                               for name in ("endpoint", "swa", "ema")})
 
     def fit(container: nn.Module) -> History:
@@ -564,7 +579,7 @@ def _finetune(preset: Preset, data: DataSplits, run: RunConfig, *, start: nn.Mod
     key = FineTuneRun(run, start_name, "" if start is None else module_fingerprint(start), steps)
 
     def build() -> nn.Module:
-        model = build_model(run.arch, run.width, run.init_seed)
+        model = new_model(run.arch, run.width, run.init_seed, train_data)
         if start is not None:
             model.load_state_dict(start.state_dict())
         return model

@@ -135,7 +135,7 @@ def test_notebook_times_reads_each_committed_preset_and_survives_bad_files(tmp_p
     assert lines[1:] == ["  cpu: 327 s (5.4 min) on cpu (2 threads, Test), bf16, commit abc123, "
                          "host 1,928 training images/s",
                          "  mine: 12 s",
-                         "  smoke, workshop, gpu: not measured"], lines
+                         "  smoke, workshop, long, gpu: not measured"], lines
     root = Path(__file__).resolve().parents[1]
     committed = notebook_times("02_train_paired_models")
     for path in sorted((root / "results").glob("*/timings.json")):
