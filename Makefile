@@ -28,7 +28,7 @@ $(VENV)/.installed-site: pyproject.toml
 
 venv: $(VENV)/.installed-dev
 
-# HELPERS_PRESET picks the budget (smoke | workshop | cpu | gpu); default: gpu with CUDA, else cpu.
+# HELPERS_PRESET picks the budget (smoke | workshop | cpu | long | gpu); default: gpu with CUDA, else cpu.
 # coursetools.runner executes the notebooks in order (build/<preset>/) and writes results/<preset>/timings.json.
 run: $(VENV)/.installed-notebooks
 	$(PY) -m helpers.presets

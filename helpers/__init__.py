@@ -6,12 +6,12 @@ Each module holds one concept; notebooks import what they teach. From the bottom
 - `helpers.repro`        seeds, versions, git commit: what ran where
 - `helpers.data`         CIFAR-10 (and a synthetic stand-in), tensor batches, splits, the training-image selectors
                          of cache keys (`Subset`, `ClassSubset`)
-- `helpers.models`       the course CNN and the student, parameter / FLOP counts, `build_model` by name and
+- `helpers.models`       the course CNN (and airbench's options: `fast_cnn`, `fit_whitening`), the student, parameter / FLOP counts, `build_model` by name and
                          `module_fingerprint` (the model digest of checkpoint keys)
-- `helpers.evaluation`   `predict_logits`, `evaluate`
+- `helpers.evaluation`   `predict_logits`, `evaluate` (any data; optional test-time augmentation), the cache switch
 - `helpers.training`     the training core (`run_steps`) and its entry points `train`, `train_epochs`, `train_part`
 - `helpers.checkpoints`  `train_or_load(...)`: cached, atomic, config-keyed checkpoints
-- `helpers.presets`      the `smoke` / `cpu` / `gpu` budgets
+- `helpers.presets`      the `smoke` / `workshop` / `cpu` / `long` / `gpu` budgets
 - `helpers.averaging`    state-dict averages, interpolation, BatchNorm recalibration, barriers, greedy soups
 - `helpers.alignment`    permutation symmetry: the permutation spec (traced with torch.fx) and weight matching
                          (Git Re-Basin)
