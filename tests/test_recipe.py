@@ -149,3 +149,28 @@ def test_the_recipe_trains_the_new_model_and_the_merging_helpers_work_on_it():
 
     assert distance(recovered) < 0.5 * distance(permuted)
     assert math.isfinite(evaluate(build_model("fast", 0.25, 0), data.test, tta=2)["loss"])
+
+
+def test_the_course_recipes_run_on_airbenchs_network():
+    """What the `long` preset asks of the zoo, in the smoke budget: its architecture and recipe through pairs
+    (spawned: a child continues its parent), FedAvg, fine-tunes, an SWA run and a course-sized distilled
+    student; every whitening stem fitted, every model far above chance."""
+    from dataclasses import replace
+
+    from helpers.presets import get_preset
+    from helpers.zoo import get_averaged_run, get_distilled_student, get_fedavg, get_finetuned, get_pair
+
+    smoke = get_preset("smoke")
+    preset = replace(smoke, arch="fast", train=airbench_config(num_epochs=2, batch_size=128, precision="fp32"))
+    data = preset.load_data()
+    pair = get_pair("spawned", preset, data, progress=False)
+    server, _ = get_fedavg(preset, data, num_clients=2, dirichlet_alpha=None, rounds=4, averages_per_epoch=2,
+                           progress=False)
+    tuned, _ = get_finetuned(preset, data, start=pair.model_a, start_name="spawned a", epochs=0.5, progress=False)
+    averaged, _ = get_averaged_run(preset, data, progress=False)
+    student, _ = get_distilled_student(preset, data, arch="course", progress=False)
+    models = [pair.model_a, pair.model_b, server, tuned, *averaged.values(), student]
+    for model in models:
+        stem = model[0]
+        assert isinstance(stem, Whitening) and stem.weight.abs().sum() > 0
+        assert evaluate(model, data.test)["accuracy"] > 0.3, type(model).__name__
