@@ -217,13 +217,16 @@ def course_cnn(width: float = 1.0, *, num_classes: int = 10, norm: bool = True) 
     return CNN(_scaled(COURSE_WIDTHS, width), convs_per_stage=2, num_classes=num_classes, norm=norm)
 
 
-def fast_cnn(width: float = 1.0, *, num_classes: int = 10) -> CNN:
+def fast_cnn(width: float = 1.0, *, num_classes: int = 10, whiten: bool = True, dirac: bool = True,
+             bn_momentum: float = 0.4, bn_fixed_scale: bool = True, logit_scale: float | None = 1 / 9) -> CNN:
     """airbench94's network as a course `CNN`: a whitening stem (call `fit_whitening` before training; the
     course's recipes do), three stages of two identity-initialised conv blocks with fixed-scale BatchNorm
-    (momentum 0.4), channels 64 / 256 / 256 times `width`, and a bias-free classifier scaled by 1/9."""
+    (momentum 0.4), channels 64 / 256 / 256 times `width`, and a bias-free classifier scaled by 1/9. Each
+    ingredient can be switched off (`benchmarks/recipe_ablation.py` measures them); whiten=False puts a
+    trained 3x3 conv block of the same 24 channels in the stem's place."""
     stages = _scaled(FAST_WIDTHS[1:], width)
-    return CNN((FAST_WIDTHS[0], *stages), convs_per_stage=2, num_classes=num_classes, whiten=True, dirac=True,
-               bn_momentum=0.4, bn_fixed_scale=True, logit_scale=1 / 9)
+    return CNN((FAST_WIDTHS[0], *stages), convs_per_stage=2, num_classes=num_classes, whiten=whiten, dirac=dirac,
+               bn_momentum=bn_momentum, bn_fixed_scale=bn_fixed_scale, logit_scale=logit_scale)
 
 
 def student_cnn(width: float = 1.0, *, num_classes: int = 10) -> CNN:

@@ -26,3 +26,11 @@ def test_eval_speed_reports_every_batch_size_and_the_baseline_in_one_json_line()
     assert result["best_batch"] in (100, EVAL_BATCH_SIZE, 500)
     rates = {int(k): v for k, v in result["images_per_second"].items()}
     assert abs(result["default_vs_baseline"] - rates[EVAL_BATCH_SIZE] / rates[500]) < 0.01
+
+
+def test_recipe_ablation_refuses_a_preset_without_airbenchs_network_and_unknown_variants():
+    script = str(ROOT / "benchmarks" / "recipe_ablation.py")
+    wrong = subprocess.run([sys.executable, script, "--preset", "cpu"], capture_output=True, text=True)
+    assert wrong.returncode != 0 and "does not use airbench's network" in wrong.stderr
+    unknown = subprocess.run([sys.executable, script, "--variants", "full,wings"], capture_output=True, text=True)
+    assert unknown.returncode != 0 and "unknown variant 'wings'" in unknown.stderr

@@ -45,6 +45,9 @@ def test_fast_cnn_is_airbenchs_layout():
     conv = convs[2]
     assert torch.equal(conv.weight[:64, :64, 1, 1], torch.eye(64)) and conv.weight[:64, :64, 0, 0].abs().sum() == 0
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    plain = fast_cnn(0.25, whiten=False, dirac=False)          # the ablation's variants
+    assert not any(isinstance(m, Whitening) for m in plain.modules()) and plain[0].out_channels == 24
+    assert plain(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_airbench_config_keeps_lr_times_weight_decay_per_example():
