@@ -23,13 +23,14 @@ from dataclasses import replace
 
 import torch
 
-from helpers.data import DataNotFoundError, iterate_batches, load_cifar10
+from helpers.data import DataNotFoundError, load_cifar10
 from helpers.devices import pick_device, resolve_precision
 from helpers.evaluation import evaluate
-from helpers.models import fast_cnn, fit_whitening
+from helpers.models import fast_cnn
 from helpers.presets import get_preset
 from helpers.repro import device_name, seed_everything
 from helpers.training import train
+from helpers.zoo import fit_stem
 
 VARIANTS = ("full", "whitening", "dirac", "bias_lr", "lookahead", "alternate_flip")
 
@@ -37,11 +38,7 @@ VARIANTS = ("full", "whitening", "dirac", "bias_lr", "lookahead", "alternate_fli
 def build(variant: str, width: float, seed: int, train_data) -> torch.nn.Module:
     """airbench's network at `width`, with the model-side ingredient `variant` taken out."""
     seed_everything(seed)
-    model = fast_cnn(width, whiten=variant != "whitening", dirac=variant != "dirac")
-    if variant != "whitening":
-        first = train_data.subset(range(5000))
-        fit_whitening(model, iterate_batches(first, 500))
-    return model
+    return fit_stem(fast_cnn(width, whiten=variant != "whitening", dirac=variant != "dirac"), train_data)
 
 
 def config_for(variant: str, base):

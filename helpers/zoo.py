@@ -169,7 +169,12 @@ def new_model(arch: str, width: float, init_seed: int, train: TensorData) -> nn.
     """`build_model(arch, width, init_seed)`, with any `Whitening` stem fitted to the first
     `WHITENING_IMAGES` images of `train` (the training images this run sees; unaugmented, in order),
     so the same run always starts from the same weights."""
-    model = build_model(arch, width, init_seed)
+    return fit_stem(build_model(arch, width, init_seed), train)
+
+
+def fit_stem(model: nn.Module, train: TensorData) -> nn.Module:
+    """Fit `model`'s `Whitening` stem, if it has one, to the first `WHITENING_IMAGES` images of `train`
+    (unaugmented, in order); returns `model`."""
     if any(isinstance(m, Whitening) for m in model.modules()):
         first = train.subset(range(min(WHITENING_IMAGES, len(train))))
         fit_whitening(model, iterate_batches(first, 500), max_images=WHITENING_IMAGES)
